@@ -1,0 +1,1 @@
+"""Dagster assets, one module per phase, with the checks that guard them."""

@@ -1,0 +1,175 @@
+"""The metadata phase: nixpkgs -> the main dataset (``fdnix-data.lancedb``, table ``packages``)."""
+
+import resource
+import shutil
+import time
+
+import pyarrow.compute as pc
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MetadataValue,
+    Output,
+    asset,
+)
+from pydantic import Field
+
+from fdnix_assets.datasets import (
+    DatasetProvenance,
+    carry_over_vectors,
+    column_counts,
+    column_schema,
+    open_packages,
+    read_vectors_for_reuse,
+    write_packages,
+)
+from fdnix_assets.embedding.resource import EmbeddingBackend
+from fdnix_assets.io_managers import DATASET_METADATA_KEY, StagedDataset
+from fdnix_assets.nix.extract import ExtractionError
+from fdnix_assets.normalize import InvalidDumpError, normalize_listing
+from fdnix_assets.resources import DatasetStorage, NixpkgsSource
+from fdnix_assets.storage import Snapshot
+
+FLAG_COLUMNS = ["broken", "insecure", "unfree", "unsupported", "available"]
+SHOWN_LIMIT = 50
+
+
+class MetadataConfig(Config):
+    max_row_drop_fraction: float = Field(
+        default=0.2,
+        description=(
+            "Fail instead of publishing when the new listing has this fraction fewer packages "
+            "than the current main dataset (an evaluation that silently lost part of nixpkgs)."
+        ),
+    )
+
+
+def row_drop_problem(new_rows: int, previous_rows: int | None, max_drop: float) -> str | None:
+    """Why a listing that shrank too much must not replace the current dataset, if it did."""
+    if not previous_rows or new_rows >= previous_rows:
+        return None
+    drop = 1 - new_rows / previous_rows
+    if drop <= max_drop:
+        return None
+    return (
+        f"the new listing has {new_rows:,} packages, {drop:.0%} fewer than the current main "
+        f"dataset's {previous_rows:,} (more than the allowed {max_drop:.0%}); the current "
+        "dataset stays. If the drop is real, rerun with a higher max_row_drop_fraction."
+    )
+
+
+@asset(
+    key="nixpkgs_packages",
+    group_name="fdnix",
+    kinds={"nix", "lancedb"},
+    owners=["team:fdnix"],
+    io_manager_key="dataset_io_manager",
+    metadata={DATASET_METADATA_KEY: "main"},
+    description=(
+        "The main dataset (fdnix-data.lancedb, table packages): every package nixpkgs "
+        "evaluates to, one row per attribute path, with its metadata in typed columns, the raw "
+        "meta as JSON, and the content hash of its embedding text. Vectors of packages whose "
+        "text did not change are carried over from the previous snapshot."
+    ),
+)
+def nixpkgs_packages(
+    context: AssetExecutionContext,
+    config: MetadataConfig,
+    nixpkgs_source: NixpkgsSource,
+    dataset_storage: DatasetStorage,
+    embedding_backend: EmbeddingBackend,
+) -> Output[StagedDataset]:
+    started = time.perf_counter()
+    work_dir = dataset_storage.work_dir / context.run_id
+    try:
+        listing = nixpkgs_source.fetch(work_dir / "nix", log=context.log.info)
+        input_bytes = listing.size_bytes
+        normalized = normalize_listing(
+            listing.read_bytes(),
+            model_id=embedding_backend.model_id,
+            dimensions=embedding_backend.dimensions,
+            nixpkgs_root=listing.nixpkgs_root,
+            progress=lambda done, total: context.log.info(
+                f"normalized {done:,} of {total:,} packages"
+            ),
+        )
+    except (ExtractionError, InvalidDumpError) as error:
+        raise Failure(
+            description=f"reading {nixpkgs_source.description} failed: {error}",
+            metadata={"source": nixpkgs_source.description},
+        ) from None
+    finally:
+        shutil.rmtree(work_dir / "nix", ignore_errors=True)
+    table = normalized.table
+
+    store = dataset_storage.store("main")
+    previous = store.latest()
+    previous_vectors = read_vectors_for_reuse(previous, embedding_backend.dimensions)
+    previous_rows = None if previous is None else _row_count(previous)
+    problem = row_drop_problem(table.num_rows, previous_rows, config.max_row_drop_fraction)
+    if problem:
+        raise Failure(description=problem, metadata={"rows": table.num_rows})
+    table, reused = carry_over_vectors(table, previous_vectors)
+
+    provenance = DatasetProvenance(
+        source=listing.source,
+        source_kind=listing.source_kind,
+        embedding_model=embedding_backend.model_id,
+        embedding_dimensions=embedding_backend.dimensions,
+        embedding_backend=embedding_backend.backend,
+    )
+    staged = work_dir / "fdnix-data.lancedb"
+    write_packages(staged, table, provenance)
+    seconds = time.perf_counter() - started
+
+    for warning in listing.stderr_lines[:SHOWN_LIMIT]:
+        context.log.warning(f"nix-env: {warning}")
+    if normalized.evaluation_failures:
+        context.log.warning(
+            f"{len(normalized.evaluation_failures)} packages failed to evaluate and are left "
+            f"out: {', '.join(normalized.evaluation_failures[:SHOWN_LIMIT])}"
+        )
+    flags = column_counts(table, FLAG_COLUMNS)
+    return Output(
+        StagedDataset(path=staged, rows=table.num_rows),
+        metadata={
+            "dagster/row_count": table.num_rows,
+            "source": listing.source,
+            "source_kind": listing.source_kind,
+            "input_shape": normalized.input_shape,
+            "input_bytes": input_bytes,
+            "extract_seconds": round(listing.seconds, 2),
+            "normalize_seconds": round(normalized.seconds, 2),
+            "total_seconds": round(seconds, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "flag_counts": MetadataValue.json(flags),
+            "with_description": int(pc.sum(pc.is_valid(table["description"])).as_py()),
+            "vectors_reused": reused,
+            "previous_rows": previous_rows if previous_rows is not None else -1,
+            "evaluation_failures": len(normalized.evaluation_failures),
+            "evaluation_failures_sample": MetadataValue.json(
+                normalized.evaluation_failures[:SHOWN_LIMIT]
+            ),
+            "invalid_meta_attributes": MetadataValue.json(
+                dict(listing.invalid_meta_attributes)
+                | {"by_wrapper": sum(len(fields) for fields in normalized.invalid_meta.values())}
+            ),
+            "value_issues": MetadataValue.json(dict(normalized.issues.most_common())),
+            "channel_prefix_stripped": normalized.stripped_channel_prefix or "",
+            "nix_stderr_lines": len(listing.stderr_lines),
+            "nix_stderr_sample": MetadataValue.md(
+                "```\n" + "\n".join(listing.stderr_lines[:SHOWN_LIMIT]) + "\n```"
+            ),
+            "embedding_model": embedding_backend.model_id,
+            "embedding_dimensions": embedding_backend.dimensions,
+            "dagster/column_schema": column_schema(table.schema),
+        },
+    )
+
+
+def _row_count(snapshot: Snapshot) -> int | None:
+    try:
+        return open_packages(snapshot).count_rows()
+    except Exception:
+        return None

@@ -1,0 +1,57 @@
+"""Everything Dagster loads: assets, checks, jobs, resources, all configured from one place."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+from dagster_aws.s3 import S3Resource
+
+from fdnix_assets.assets.metadata import nixpkgs_packages
+from fdnix_assets.embedding.resource import EmbeddingBackend
+from fdnix_assets.io_managers import DatasetIOManager
+from fdnix_assets.jobs import full_job, metadata_job
+from fdnix_assets.resources import DatasetStorage, NixpkgsSource
+from fdnix_assets.settings import Settings, load_settings
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    """Resources for one environment; every value comes from the validated settings."""
+    s3 = S3Resource(region_name=settings.aws_region)
+    storage = DatasetStorage(
+        output_path=str(settings.output_path),
+        output_minified_path=str(settings.output_minified_path),
+        artifacts_bucket=settings.artifacts_bucket,
+        data_key=settings.lancedb_data_key,
+        minified_key=settings.lancedb_minified_key,
+        region=settings.aws_region,
+        s3=s3,
+    )
+    return {
+        "dataset_storage": storage,
+        "dataset_io_manager": DatasetIOManager(storage=storage),
+        "nixpkgs_source": NixpkgsSource(
+            nixpkgs=settings.nixpkgs, nixpkgs_json=settings.nixpkgs_json, s3=s3
+        ),
+        "embedding_backend": EmbeddingBackend(
+            backend=settings.embedding_backend,
+            bedrock_model_id=settings.bedrock_model_id,
+            bedrock_output_dimensions=settings.bedrock_output_dimensions,
+            bedrock_role_arn=settings.bedrock_role_arn,
+            bedrock_input_bucket=settings.bedrock_input_bucket,
+            bedrock_output_bucket=settings.bedrock_output_bucket,
+            bedrock_batch_size=settings.bedrock_batch_size,
+            bedrock_poll_interval=settings.bedrock_poll_interval,
+            bedrock_max_wait_time=settings.bedrock_max_wait_time,
+            region=settings.aws_region,
+        ),
+    }
+
+
+def build_definitions(settings: Settings) -> Definitions:
+    return Definitions(
+        assets=[nixpkgs_packages],
+        jobs=[metadata_job, full_job],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions(load_settings())

@@ -1,0 +1,1 @@
+"""Embedding backends and the text that represents a package for semantic search."""

@@ -1,0 +1,1 @@
+"""Getting nixpkgs metadata: evaluating with the real nix-env, or reading a ready dump."""

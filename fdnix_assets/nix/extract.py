@@ -1,0 +1,292 @@
+"""Running ``nix-env -qaP --json --meta`` for real, and fetching ready dumps (``NIXPKGS_JSON``).
+
+Both produce a :class:`Listing`: a file holding the JSON listing in nix-env's shape (or a
+channel's ``packages.json``), written to disk rather than held in a pipe, plus what the
+evaluation said on stderr. :mod:`fdnix_assets.normalize` reads the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, BinaryIO
+
+WRAPPER_FILE = "wrapper.nix"
+DEFAULT_TIMEOUT_SECONDS = 3 * 60 * 60
+INVALID_META_LINE = re.compile(r"derivation '([^']*)' has invalid meta attribute '([^']*)'")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
+
+LogFunction = Callable[[str], None]
+
+
+class ExtractionError(RuntimeError):
+    """Getting the package listing failed; the message says what to do about it."""
+
+
+@dataclass
+class Listing:
+    """A package listing on disk and what producing it said."""
+
+    path: Path
+    source: str
+    source_kind: str
+    nixpkgs_root: str | None = None
+    seconds: float = 0.0
+    stderr_lines: list[str] = field(default_factory=list)
+    invalid_meta_attributes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def read_bytes(self) -> bytes:
+        return self.path.read_bytes()
+
+
+def redact_url(source: str) -> str:
+    """Drops credentials and query strings (signed URLs) from a source before it is shown."""
+    parsed = urllib.parse.urlsplit(source)
+    if not parsed.scheme or parsed.scheme == "file" or len(parsed.scheme) == 1:
+        return source
+    host = parsed.hostname or ""
+    if parsed.port:
+        host = f"{host}:{parsed.port}"
+    return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
+
+
+def nix_arguments(nixpkgs: str) -> tuple[list[str], str | None]:
+    """The ``--argstr`` pair telling the wrapper what to evaluate, and the local root if any."""
+    if nixpkgs.startswith("<") and nixpkgs.endswith(">"):
+        return ["--argstr", "nixpkgsSearchPath", nixpkgs[1:-1]], None
+    if re.match(r"^https?://", nixpkgs):
+        return ["--argstr", "nixpkgsUrl", nixpkgs], None
+    path = Path(nixpkgs).expanduser().resolve()
+    if not path.exists():
+        raise ExtractionError(f"NIXPKGS={nixpkgs!r}: no such file or directory ({path})")
+    root = path if path.is_dir() else path.parent
+    return ["--argstr", "nixpkgsPath", str(path)], str(root)
+
+
+def run_nix_env(
+    nixpkgs: str,
+    work_dir: Path,
+    *,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    nix_env: str = "nix-env",
+    log: LogFunction = print,
+    extra_env: dict[str, str] | None = None,
+) -> Listing:
+    """Evaluates ``nixpkgs`` with the real nix-env through the isolating wrapper expression.
+
+    Raises :class:`ExtractionError` when nix-env is missing, exits non-zero, times out or
+    prints nothing; stderr lines are passed to ``log`` as they arrive and kept.
+    """
+    executable = shutil.which(nix_env)
+    if executable is None:
+        raise ExtractionError(
+            f"{nix_env!r} was not found on PATH: install Nix (Debian: apt-get install nix-bin) "
+            "or set NIXPKGS_JSON to a ready package listing instead"
+        )
+    arguments, nixpkgs_root = nix_arguments(nixpkgs)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    home = work_dir / "nix-home"
+    home.mkdir(exist_ok=True)
+    output_path = work_dir / "nix-env-output.json"
+    wrapper = resources.files("fdnix_assets.nix").joinpath(WRAPPER_FILE)
+    # A URL needs a writable store to unpack into; a path or channel evaluates read-only.
+    store_flags = (
+        ["--store", str(work_dir / "nix-store")]
+        if "nixpkgsUrl" in arguments
+        else ["--readonly-mode"]
+    )
+    command = [
+        executable,
+        "-qaP",
+        "--json",
+        "--meta",
+        "-f",
+        str(wrapper),
+        *arguments,
+        *store_flags,
+    ]
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "NIX_STATE_DIR": str(work_dir / "nix-state"),
+        "NIX_CONF_DIR": str(work_dir / "nix-conf"),
+        **(extra_env or {}),
+    }
+    (work_dir / "nix-conf").mkdir(exist_ok=True)
+    log(f"evaluating {nixpkgs} with {executable}")
+    started = time.perf_counter()
+    stderr_lines: list[str] = []
+    with output_path.open("wb") as output:
+        process = subprocess.Popen(
+            command,
+            stdout=output,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        reader = threading.Thread(
+            target=_pump_stderr, args=(process.stderr, stderr_lines, log), daemon=True
+        )
+        reader.start()
+        try:
+            returncode = process.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            reader.join(timeout=5)
+            raise ExtractionError(
+                f"nix-env did not finish evaluating {nixpkgs} within {timeout_seconds:.0f} s "
+                "and was stopped; raise the timeout or check the evaluation"
+            ) from None
+        except BaseException:
+            _kill_group(process)
+            raise
+        reader.join(timeout=30)
+    seconds = time.perf_counter() - started
+    tail = "\n".join(stderr_lines[-15:])
+    if returncode != 0:
+        how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
+        raise ExtractionError(
+            f"nix-env {how} while evaluating {nixpkgs}; last lines of its stderr:\n{tail}"
+        )
+    if output_path.stat().st_size == 0:
+        raise ExtractionError(
+            f"nix-env printed nothing for {nixpkgs} (exit code 0); stderr:\n{tail or '(empty)'}"
+        )
+    invalid = Counter(
+        match.group(2)
+        for line in stderr_lines
+        if (match := INVALID_META_LINE.search(line)) is not None
+    )
+    log(f"nix-env wrote {output_path.stat().st_size:,} bytes in {seconds:.1f} s")
+    return Listing(
+        path=output_path,
+        source=nixpkgs,
+        source_kind="nix-env",
+        nixpkgs_root=nixpkgs_root,
+        seconds=seconds,
+        stderr_lines=stderr_lines,
+        invalid_meta_attributes=invalid,
+    )
+
+
+def _pump_stderr(stream: BinaryIO, lines: list[str], log: LogFunction) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace").rstrip()
+        if line:
+            lines.append(line)
+            log(f"nix-env: {line}")
+    stream.close()
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def fetch_dump(
+    source: str,
+    work_dir: Path,
+    *,
+    s3_client_factory: Callable[[], Any] | None = None,
+    log: LogFunction = print,
+) -> Listing:
+    """Copies a ready listing (path, ``http(s)://`` or ``s3://``) to disk, decompressed."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    shown = redact_url(source)
+    downloaded = work_dir / "listing.download"
+    parsed = urllib.parse.urlsplit(source)
+    try:
+        if parsed.scheme == "s3":
+            if s3_client_factory is None:
+                raise ExtractionError(f"NIXPKGS_JSON={shown}: no S3 client is configured")
+            key = parsed.path.lstrip("/")
+            if not parsed.netloc or not key:
+                raise ExtractionError(f"NIXPKGS_JSON={shown}: expected s3://bucket/key")
+            log(f"downloading {shown}")
+            s3_client_factory().download_file(parsed.netloc, key, str(downloaded))
+        elif parsed.scheme in ("http", "https"):
+            log(f"downloading {shown}")
+            request = urllib.request.Request(source, headers={"User-Agent": "fdnix-indexer"})
+            with (
+                urllib.request.urlopen(request, timeout=300) as response,
+                downloaded.open("wb") as target,
+            ):
+                shutil.copyfileobj(response, target, COPY_CHUNK_BYTES)
+        else:
+            local = Path(source[7:] if parsed.scheme == "file" else source).expanduser()
+            if not local.is_file():
+                raise ExtractionError(f"NIXPKGS_JSON={source!r}: no such file")
+            downloaded = local
+    except ExtractionError:
+        raise
+    except Exception as error:
+        raise ExtractionError(
+            f"NIXPKGS_JSON={shown}: could not be read: {type(error).__name__}: "
+            f"{redact_url(str(error))}"
+        ) from None
+
+    listing_path = work_dir / "listing.json"
+    try:
+        decompress_file(downloaded, listing_path, name=shown)
+    finally:
+        if downloaded != Path(source) and downloaded.parent == work_dir:
+            downloaded.unlink(missing_ok=True)
+    if listing_path.stat().st_size == 0:
+        raise ExtractionError(f"NIXPKGS_JSON={shown}: the file is empty")
+    seconds = time.perf_counter() - started
+    log(f"read {shown}: {listing_path.stat().st_size:,} bytes in {seconds:.1f} s")
+    return Listing(path=listing_path, source=shown, source_kind="dump", seconds=seconds)
+
+
+def decompress_file(source: Path, target: Path, *, name: str) -> None:
+    """Writes ``source`` to ``target``, undoing zstd, gzip or brotli (by magic or suffix)."""
+    with source.open("rb") as handle:
+        head = handle.read(4)
+    suffix = name.split("?", 1)[0].lower()
+    try:
+        if head.startswith(ZSTD_MAGIC) or suffix.endswith(".zst"):
+            import zstandard
+
+            with source.open("rb") as raw, target.open("wb") as out:
+                zstandard.ZstdDecompressor().copy_stream(raw, out)
+        elif head.startswith(GZIP_MAGIC) or suffix.endswith(".gz"):
+            with gzip.open(source, "rb") as raw, target.open("wb") as out:
+                shutil.copyfileobj(raw, out, COPY_CHUNK_BYTES)
+        elif suffix.endswith(".br"):
+            import brotli
+
+            decompressor = brotli.Decompressor()
+            with source.open("rb") as raw, target.open("wb") as out:
+                while chunk := raw.read(COPY_CHUNK_BYTES):
+                    out.write(decompressor.process(chunk))
+                if not decompressor.is_finished():
+                    raise ValueError("brotli stream ends early (truncated file)")
+        else:
+            shutil.copyfile(source, target)
+    except Exception as error:
+        raise ExtractionError(
+            f"NIXPKGS_JSON={name}: could not be decompressed: {type(error).__name__}: {error}"
+        ) from None

@@ -1,0 +1,515 @@
+"""Turns nix's loosely typed package records into the typed columns of the main dataset.
+
+The input is the bytes ``nix-env -qaP --json --meta`` prints (or a channel's
+``packages.json``). The outer object is decoded in one pass into small structs that keep each
+``meta`` as a raw slice of the input, so the 300 MB dump never becomes 120k nested dicts at
+once; each ``meta`` is then decoded, normalized straight into per-column Python lists, and
+dropped. Arrow arrays are built from those lists at the end.
+
+Every value that does not have the shape nixpkgs documents (a null description, a number as a
+version, a list where a string belongs) becomes a null or an empty list and is counted in
+:attr:`NormalizedPackages.issues`, keyed ``"<field>: <what was wrong>"``. Nothing here raises
+on a bad package; only input that is not a package listing at all raises
+:class:`InvalidDumpError`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+from fdnix_assets.embedding.text import content_hash, embedding_text
+from fdnix_assets.schema import main_schema
+
+# Where nix-env's own split of `name` ends up, and the wrapper's record of what it fixed.
+FDNIX_META_KEY = "_fdnix"
+CHANNEL_PREFIXES = re.compile(
+    r"^(nixpkgs|nixos|nixos-unstable|nixpkgs-unstable|nixos-\d\d\.\d\d)\."
+)
+STORE_PATH_PREFIX = re.compile(r"^/nix/store/[0-9a-z]{32}-[^/]*/")
+# C0 controls other than tab and newline, DEL, and lone surrogates from invalid UTF-8.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+DRV_NAME_SPLIT = re.compile(r"-(?=[^A-Za-z])")
+MAX_TEXT_CHARS = 64_000
+MAX_LIST_ITEMS = 256
+
+
+class InvalidDumpError(ValueError):
+    """The input is not a package listing in either known shape."""
+
+
+class _Package(msgspec.Struct):
+    """One value of the nix-env object; ``meta`` stays raw until its turn comes."""
+
+    name: Any = None
+    pname: Any = None
+    version: Any = None
+    system: Any = None
+    outputName: Any = None
+    outputs: Any = None
+    meta: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+class _ChannelListing(msgspec.Struct):
+    version: int
+    packages: dict[str, _Package]
+
+
+@dataclass
+class NormalizedPackages:
+    """The main dataset's rows plus an account of everything that was wrong with the input."""
+
+    table: pa.Table
+    issues: Counter[str] = field(default_factory=Counter)
+    evaluation_failures: list[str] = field(default_factory=list)
+    invalid_meta: dict[str, list[str]] = field(default_factory=dict)
+    stripped_channel_prefix: str | None = None
+    input_shape: str = "nix-env"
+    seconds: float = 0.0
+
+    @property
+    def row_count(self) -> int:
+        return self.table.num_rows
+
+
+def decode_listing(data: bytes) -> tuple[dict[str, _Package], str]:
+    """Decodes either shape; returns the packages by attribute path and the shape's name."""
+    stripped = data.lstrip()
+    if not stripped:
+        raise InvalidDumpError("the package listing is empty (no bytes at all)")
+    if not stripped.startswith(b"{"):
+        raise InvalidDumpError(
+            f"the package listing is not a JSON object: it starts with {stripped[:40]!r}"
+        )
+    try:
+        return msgspec.json.decode(stripped, type=dict[str, _Package]), "nix-env"
+    except msgspec.ValidationError as error:
+        shape_error = error
+    except msgspec.DecodeError as error:
+        raise InvalidDumpError(
+            f"the package listing is not valid JSON ({error}); a truncated nix-env output "
+            "usually means a meta attribute threw during evaluation"
+        ) from None
+    # Not attribute path -> package: maybe a channel's packages.json.
+    try:
+        channel = msgspec.json.decode(stripped, type=_ChannelListing)
+    except msgspec.ValidationError:
+        raise InvalidDumpError(
+            "the package listing has neither the nix-env shape (an object of attribute path "
+            'to package object) nor the packages.json shape ({"version": 2, "packages": '
+            f"{{...}}}}): {shape_error}"
+        ) from None
+    if channel.version != 2:
+        raise InvalidDumpError(
+            f"packages.json version {channel.version} is not supported (only version 2 is)"
+        )
+    return channel.packages, "packages.json"
+
+
+def _string(value: Any, field_name: str, issues: Counter[str]) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if CONTROL_CHARACTERS.search(value):
+            issues[f"{field_name}: control characters removed"] += 1
+            value = CONTROL_CHARACTERS.sub("", value)
+        if len(value) > MAX_TEXT_CHARS:
+            issues[f"{field_name}: longer than {MAX_TEXT_CHARS} characters, truncated"] += 1
+            value = value[:MAX_TEXT_CHARS]
+        return value
+    issues[f"{field_name}: {type(value).__name__} where a string belongs"] += 1
+    return None
+
+
+def _text(value: Any, field_name: str, issues: Counter[str]) -> str | None:
+    text = _string(value, field_name, issues)
+    if text is None:
+        return None
+    text = text.strip()
+    return text or None
+
+
+def _string_list(value: Any, field_name: str, issues: Counter[str]) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        issues[f"{field_name}: {type(value).__name__} where a list belongs"] += 1
+        return []
+    if len(value) > MAX_LIST_ITEMS:
+        issues[f"{field_name}: more than {MAX_LIST_ITEMS} items, truncated"] += 1
+        value = value[:MAX_LIST_ITEMS]
+    result = []
+    for item in value:
+        if isinstance(item, str):
+            result.append(item)
+        else:
+            issues[f"{field_name}: {type(item).__name__} in a list of strings"] += 1
+    return result
+
+
+def _platforms(value: Any, field_name: str, issues: Counter[str]) -> list[str]:
+    """Platforms are strings (``x86_64-linux``) or, in newer nixpkgs, parsed-system patterns."""
+    if isinstance(value, list):
+        strings = [item for item in value if isinstance(item, str)]
+        if len(strings) != len(value):
+            issues[f"{field_name}: platform patterns (not strings) left out"] += 1
+        return strings[:MAX_LIST_ITEMS]
+    return _string_list(value, field_name, issues)
+
+
+def _bool(value: Any, field_name: str, issues: Counter[str]) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    issues[f"{field_name}: {type(value).__name__} where a boolean belongs"] += 1
+    return None
+
+
+def _license(value: Any, issues: Counter[str]) -> dict[str, Any] | None:
+    if isinstance(value, str):
+        text = value.strip()
+        return {"short_name": text, "spdx_id": None} if text else None
+    if isinstance(value, dict):
+        return {
+            "spdx_id": _string(value.get("spdxId"), "meta.license.spdxId", issues),
+            "short_name": _string(value.get("shortName"), "meta.license.shortName", issues),
+            "full_name": _string(value.get("fullName"), "meta.license.fullName", issues),
+            "url": _string(value.get("url"), "meta.license.url", issues),
+            "free": _bool(value.get("free"), "meta.license.free", issues),
+            "redistributable": _bool(
+                value.get("redistributable"), "meta.license.redistributable", issues
+            ),
+            "deprecated": _bool(value.get("deprecated"), "meta.license.deprecated", issues),
+        }
+    issues[f"meta.license: {type(value).__name__} is not a license"] += 1
+    return None
+
+
+def _licenses(value: Any, issues: Counter[str]) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    if len(items) > MAX_LIST_ITEMS:
+        issues[f"meta.license: more than {MAX_LIST_ITEMS} licenses, truncated"] += 1
+        items = items[:MAX_LIST_ITEMS]
+    licenses = [_license(item, issues) for item in items]
+    return [item for item in licenses if item is not None]
+
+
+def _github_id(value: Any, issues: Counter[str]) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    issues["meta.maintainers.githubId: not an integer"] += 1
+    return None
+
+
+def _person(value: Any, field_name: str, issues: Counter[str]) -> dict[str, Any] | None:
+    if isinstance(value, str):
+        # Old nixpkgs wrote maintainers as "Name <email>" strings.
+        return {"name": value, "email": None, "github": None, "github_id": None, "matrix": None}
+    if not isinstance(value, dict):
+        issues[f"{field_name}: {type(value).__name__} is not a person"] += 1
+        return None
+    return {
+        "name": _string(value.get("name"), f"{field_name}.name", issues),
+        "email": _string(value.get("email"), f"{field_name}.email", issues),
+        "github": _string(value.get("github"), f"{field_name}.github", issues),
+        "github_id": _github_id(value.get("githubId"), issues),
+        "matrix": _string(value.get("matrix"), f"{field_name}.matrix", issues),
+    }
+
+
+def _people(value: Any, field_name: str, issues: Counter[str]) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        issues[f"{field_name}: {type(value).__name__} where a list belongs"] += 1
+        return []
+    people = [_person(item, field_name, issues) for item in value[:MAX_LIST_ITEMS]]
+    return [person for person in people if person is not None]
+
+
+def _teams(value: Any, issues: Counter[str]) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        issues[f"meta.teams: {type(value).__name__} where a list belongs"] += 1
+        return []
+    teams = []
+    for team in value[:MAX_LIST_ITEMS]:
+        if not isinstance(team, dict):
+            issues[f"meta.teams: {type(team).__name__} is not a team"] += 1
+            continue
+        teams.append(
+            {
+                "short_name": _string(team.get("shortName"), "meta.teams.shortName", issues),
+                "scope": _string(team.get("scope"), "meta.teams.scope", issues),
+                "github_teams": _string_list(
+                    team.get("githubTeams"), "meta.teams.githubTeams", issues
+                ),
+                "members": _people(team.get("members"), "meta.teams.members", issues),
+            }
+        )
+    return teams
+
+
+def _source_provenance(value: Any, issues: Counter[str]) -> list[str]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    names = []
+    for item in items[:MAX_LIST_ITEMS]:
+        if isinstance(item, dict) and isinstance(item.get("shortName"), str):
+            names.append(item["shortName"])
+        elif isinstance(item, str):
+            names.append(item)
+        else:
+            issues["meta.sourceProvenance: unrecognised entry"] += 1
+    return names
+
+
+def relative_position(position: str | None, nixpkgs_root: str | None) -> str | None:
+    """``/nix/store/<hash>-source/pkgs/x/default.nix:12`` -> ``pkgs/x/default.nix:12``."""
+    if not position:
+        return None
+    stripped = STORE_PATH_PREFIX.sub("", position, count=1)
+    if stripped != position:
+        return stripped
+    if nixpkgs_root:
+        root = nixpkgs_root.rstrip("/") + "/"
+        if position.startswith(root):
+            return position[len(root) :]
+    return position
+
+
+def split_derivation_name(name: str) -> tuple[str, str]:
+    """Nix's own split (``builtins.parseDrvName``): at the first ``-`` not followed by a letter."""
+    match = DRV_NAME_SPLIT.search(name)
+    if match is None:
+        return name, ""
+    return name[: match.start()], name[match.end() :]
+
+
+def common_channel_prefix(attr_paths: Iterable[str]) -> str | None:
+    """The channel name every attribute path starts with (``nixpkgs.``), if they all share one."""
+    prefix: str | None = None
+    for path in attr_paths:
+        match = CHANNEL_PREFIXES.match(path)
+        if match is None:
+            return None
+        if prefix is None:
+            prefix = match.group(0)
+        elif match.group(0) != prefix:
+            return None
+    return prefix
+
+
+class _ColumnBatches:
+    """Per-column Python lists, turned into an Arrow record batch every ``batch_rows`` rows.
+
+    Converting in batches keeps at most one batch of Python objects alive beside the Arrow
+    data, which is what holds peak memory down on the full nixpkgs listing.
+    """
+
+    def __init__(self, schema: pa.Schema, batch_rows: int) -> None:
+        self.schema = schema
+        self.batch_rows = batch_rows
+        self.batches: list[pa.RecordBatch] = []
+        self.lists: dict[str, list[Any]] = {name: [] for name in schema.names}
+        self.pending = 0
+
+    def append(self, row: dict[str, Any]) -> None:
+        for name, values in self.lists.items():
+            values.append(row[name])
+        self.pending += 1
+        if self.pending >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        arrays = [pa.array(self.lists[field.name], type=field.type) for field in self.schema]
+        self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        self.lists = {name: [] for name in self.schema.names}
+        self.pending = 0
+
+    def table(self) -> pa.Table:
+        self.flush()
+        return pa.Table.from_batches(self.batches, schema=self.schema)
+
+
+def normalize_listing(
+    data: bytes,
+    *,
+    model_id: str,
+    dimensions: int,
+    nixpkgs_root: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    progress_every: int = 20_000,
+) -> NormalizedPackages:
+    """Decodes and normalizes a whole listing into the main dataset's Arrow table."""
+    started = time.perf_counter()
+    packages, shape = decode_listing(data)
+    if not packages:
+        raise InvalidDumpError("the package listing holds no packages (an empty JSON object)")
+
+    issues: Counter[str] = Counter()
+    failures: list[str] = []
+    invalid_meta: dict[str, list[str]] = {}
+    prefix = common_channel_prefix(packages)
+    schema = main_schema(dimensions)
+    columns = _ColumnBatches(schema, batch_rows=progress_every)
+    meta_decoder = msgspec.json.Decoder()
+    meta_encoder = msgspec.json.Encoder()
+    seen: set[str] = set()
+    total = len(packages)
+
+    for index, (raw_path, package) in enumerate(_drain(packages)):
+        if progress is not None and index and index % progress_every == 0:
+            progress(index, total)
+        attr_path = raw_path[len(prefix) :] if prefix else raw_path
+        if not attr_path or attr_path in seen:
+            issues["attr_path: empty or duplicate, package left out"] += 1
+            continue
+        try:
+            meta = meta_decoder.decode(package.meta)
+        except msgspec.DecodeError:
+            meta = None
+        if not isinstance(meta, dict):
+            issues["meta: not an object, treated as empty"] += 1
+            meta = {}
+        fdnix = meta.pop(FDNIX_META_KEY, None)
+        if not isinstance(fdnix, dict):
+            fdnix = {}
+        if fdnix.get("evaluationFailed"):
+            failures.append(attr_path)
+            continue
+        if fdnix.get("invalidMeta"):
+            invalid_meta[attr_path] = [str(name) for name in fdnix["invalidMeta"]]
+        seen.add(attr_path)
+        row = _row(attr_path, package, meta, fdnix, issues, nixpkgs_root, model_id, dimensions)
+        row["meta_json"] = meta_encoder.encode(meta).decode()
+        columns.append(row)
+
+    table = columns.table()
+    if progress is not None:
+        progress(total, total)
+    return NormalizedPackages(
+        table=table,
+        issues=issues,
+        evaluation_failures=failures,
+        invalid_meta=invalid_meta,
+        stripped_channel_prefix=prefix.rstrip(".") if prefix else None,
+        input_shape=shape,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _drain(packages: dict[str, _Package]) -> Iterator[tuple[str, _Package]]:
+    """Yields and forgets packages one by one, so each can be freed once it is a row."""
+    items: list[tuple[str, _Package] | None] = list(packages.items())
+    packages.clear()
+    for index, item in enumerate(items):
+        items[index] = None
+        assert item is not None
+        yield item
+
+
+def _row(
+    attr_path: str,
+    package: _Package,
+    meta: dict[str, Any],
+    fdnix: dict[str, Any],
+    issues: Counter[str],
+    nixpkgs_root: str | None,
+    model_id: str,
+    dimensions: int,
+) -> dict[str, Any]:
+    name = _text(package.name, "name", issues) or attr_path
+    # The wrapper hands over the derivation's own pname/version; a plain dump only has
+    # nix-env's split of `name`, which is what its pname/version fields hold.
+    pname = _text(fdnix.get("pname"), "pname", issues) or _text(package.pname, "pname", issues)
+    version = _string(fdnix.get("version"), "version", issues)
+    if version is None:
+        version = _string(package.version, "version", issues)
+    if pname is None or version is None:
+        split_pname, split_version = split_derivation_name(name)
+        pname = pname or split_pname
+        version = split_version if version is None else version
+
+    outputs_value = package.outputs
+    if isinstance(outputs_value, dict):
+        outputs = [key for key in outputs_value if isinstance(key, str)]
+    else:
+        outputs = _string_list(outputs_value, "outputs", issues)
+
+    description = _text(meta.get("description"), "meta.description", issues)
+    long_description = _text(meta.get("longDescription"), "meta.longDescription", issues)
+    main_program = _text(meta.get("mainProgram"), "meta.mainProgram", issues)
+    licenses = _licenses(meta.get("license"), issues)
+    known_vulnerabilities = _string_list(
+        meta.get("knownVulnerabilities"), "meta.knownVulnerabilities", issues
+    )
+
+    broken = _bool(meta.get("broken"), "meta.broken", issues) or False
+    insecure = _bool(meta.get("insecure"), "meta.insecure", issues)
+    if insecure is None:
+        insecure = bool(known_vulnerabilities)
+    unfree = _bool(meta.get("unfree"), "meta.unfree", issues)
+    if unfree is None:
+        unfree = any(license.get("free") is False for license in licenses)
+    unsupported = _bool(meta.get("unsupported"), "meta.unsupported", issues) or False
+    available = _bool(meta.get("available"), "meta.available", issues)
+    if available is None:
+        available = not (broken or insecure or unfree or unsupported)
+
+    text = embedding_text(attr_path, main_program, description, long_description)
+    for key, value in meta.items():
+        if value is None:
+            issues[f"meta.{key}: null"] += 1
+
+    return {
+        "attr_path": attr_path,
+        "name": name,
+        "pname": pname,
+        "version": version,
+        "system": _text(package.system, "system", issues),
+        "output_name": _text(package.outputName, "outputName", issues),
+        "outputs": outputs,
+        "outputs_to_install": _string_list(
+            meta.get("outputsToInstall"), "meta.outputsToInstall", issues
+        ),
+        "description": description,
+        "long_description": long_description,
+        "homepages": _string_list(meta.get("homepage"), "meta.homepage", issues),
+        "changelog": _text(meta.get("changelog"), "meta.changelog", issues),
+        "download_page": _text(meta.get("downloadPage"), "meta.downloadPage", issues),
+        "licenses": licenses,
+        "maintainers": _people(meta.get("maintainers"), "meta.maintainers", issues),
+        "teams": _teams(meta.get("teams"), issues),
+        "platforms": _platforms(meta.get("platforms"), "meta.platforms", issues),
+        "bad_platforms": _platforms(meta.get("badPlatforms"), "meta.badPlatforms", issues),
+        "main_program": main_program,
+        "position": relative_position(
+            _text(meta.get("position"), "meta.position", issues), nixpkgs_root
+        ),
+        "broken": broken,
+        "insecure": insecure,
+        "unfree": unfree,
+        "unsupported": unsupported,
+        "available": available,
+        "known_vulnerabilities": known_vulnerabilities,
+        "source_provenance": _source_provenance(meta.get("sourceProvenance"), issues),
+        "content_hash": content_hash(text, model_id, dimensions),
+        "vector": None,
+    }
