@@ -1,0 +1,72 @@
+"""Shared fixtures: the sample listings, a real moto server on 127.0.0.1, AWS test env."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = Path(
+    os.environ.get("FDNIX_SHARED_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures")
+)
+SAMPLE_LISTING = SHARED_FIXTURES / "nixpkgs-sample-2k.json"
+FULL_LISTING = SHARED_FIXTURES / "nixpkgs-realistic.json.zst"
+DEV_QUERIES = SHARED_FIXTURES / "queries-dev.jsonl"
+TEST_NIXPKGS = Path(__file__).resolve().parent / "nixpkgs"
+
+TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret",
+    "AWS_SESSION_TOKEN": "testing-token",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real moto server (S3, Lambda, ...) over HTTP on 127.0.0.1, for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Points boto3 (and anything reading the standard variables) at the moto server."""
+    for name, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", moto_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", moto_endpoint)
+    return moto_endpoint
+
+
+@pytest.fixture
+def s3_bucket(aws_env: str) -> str:
+    """A fresh, empty bucket on the moto server."""
+    name = f"fdnix-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def sample_listing() -> Path:
+    assert SAMPLE_LISTING.is_file(), f"shared fixture {SAMPLE_LISTING} is missing"
+    return SAMPLE_LISTING
