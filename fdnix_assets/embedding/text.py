@@ -15,7 +15,6 @@ else does.
 from __future__ import annotations
 
 import hashlib
-import re
 
 LONG_DESCRIPTION_CHARS = 300
 # Titan Text Embeddings v2 takes up to 8,192 tokens (50,000 characters); MiniLM reads 256
@@ -23,11 +22,9 @@ LONG_DESCRIPTION_CHARS = 300
 # from reaching a model at all.
 MAX_TEXT_CHARS = 2_000
 
-_WHITESPACE = re.compile(r"\s+")
-
 
 def _squash(text: str | None) -> str:
-    return _WHITESPACE.sub(" ", text).strip() if text else ""
+    return " ".join(text.split()) if text else ""
 
 
 def embedding_text(
