@@ -5,7 +5,11 @@ from __future__ import annotations
 from dagster import Definitions
 from dagster_aws.s3 import S3Resource
 
-from fdnix_assets.assets.metadata import nixpkgs_packages
+from fdnix_assets.assets.metadata import (
+    attr_path_unique_and_non_empty,
+    nixpkgs_packages,
+    row_count_not_collapsed,
+)
 from fdnix_assets.embedding.resource import EmbeddingBackend
 from fdnix_assets.io_managers import DatasetIOManager
 from fdnix_assets.jobs import full_job, metadata_job
@@ -49,6 +53,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
         assets=[nixpkgs_packages],
+        asset_checks=[attr_path_unique_and_non_empty, row_count_not_collapsed],
         jobs=[metadata_job, full_job],
         resources=build_resources(settings),
     )

@@ -4,14 +4,20 @@ import resource
 import shutil
 import time
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
     AssetExecutionContext,
+    AssetKey,
     Config,
+    EventLogRecord,
     Failure,
     MetadataValue,
     Output,
     asset,
+    asset_check,
 )
 from pydantic import Field
 
@@ -21,6 +27,7 @@ from fdnix_assets.datasets import (
     column_counts,
     column_schema,
     open_packages,
+    read_columns,
     read_vectors_for_reuse,
     write_packages,
 )
@@ -33,11 +40,14 @@ from fdnix_assets.storage import Snapshot
 
 FLAG_COLUMNS = ["broken", "insecure", "unfree", "unsupported", "available"]
 SHOWN_LIMIT = 50
+DEFAULT_MAX_ROW_DROP = 0.2
+UNIQUE_ATTR_PATH_CHECK = "attr_path_unique_and_non_empty"
+ROW_COUNT_CHECK = "row_count_not_collapsed"
 
 
 class MetadataConfig(Config):
     max_row_drop_fraction: float = Field(
-        default=0.2,
+        default=DEFAULT_MAX_ROW_DROP,
         description=(
             "Fail instead of publishing when the new listing has this fraction fewer packages "
             "than the current main dataset (an evaluation that silently lost part of nixpkgs)."
@@ -173,3 +183,59 @@ def _row_count(snapshot: Snapshot) -> int | None:
         return open_packages(snapshot).count_rows()
     except Exception:
         return None
+
+
+def attr_path_problems(attr_paths: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """Counts of rows, distinct attribute paths, and empty or null ones."""
+    rows = len(attr_paths)
+    empty = int(pc.sum(pc.or_kleene(pc.is_null(attr_paths), pc.equal(attr_paths, ""))).as_py() or 0)
+    return {"rows": rows, "distinct": int(pc.count_distinct(attr_paths).as_py()), "empty": empty}
+
+
+@asset_check(
+    asset=nixpkgs_packages,
+    name=UNIQUE_ATTR_PATH_CHECK,
+    blocking=True,
+    description="Every row has a non-empty attribute path, and no two rows share one.",
+)
+def attr_path_unique_and_non_empty(dataset_storage: DatasetStorage) -> AssetCheckResult:
+    snapshot = dataset_storage.store("main").require_latest()
+    counts = attr_path_problems(read_columns(open_packages(snapshot), ["attr_path"])["attr_path"])
+    return AssetCheckResult(
+        passed=counts["empty"] == 0 and counts["distinct"] == counts["rows"],
+        metadata=counts | {"snapshot_uri": snapshot.uri},
+    )
+
+
+@asset_check(
+    asset=nixpkgs_packages,
+    name=ROW_COUNT_CHECK,
+    blocking=True,
+    description=(
+        "The package count did not collapse against the previous materialization "
+        f"(a drop of more than {DEFAULT_MAX_ROW_DROP:.0%} fails)."
+    ),
+)
+def row_count_not_collapsed(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    records = context.instance.fetch_materializations(
+        AssetKey("nixpkgs_packages"), limit=2, ascending=False
+    ).records
+    counts = [_recorded_row_count(record) for record in records]
+    current = counts[0] if counts else None
+    previous = counts[1] if len(counts) > 1 else None
+    if current is None:
+        return AssetCheckResult(passed=False, description="no materialization recorded a row count")
+    problem = row_drop_problem(current, previous, DEFAULT_MAX_ROW_DROP)
+    return AssetCheckResult(
+        passed=problem is None,
+        description=problem,
+        metadata={"rows": current, "previous_rows": previous if previous is not None else -1},
+    )
+
+
+def _recorded_row_count(record: EventLogRecord) -> int | None:
+    materialization = record.asset_materialization
+    if materialization is None:
+        return None
+    value = materialization.metadata.get("dagster/row_count")
+    return None if value is None else int(value.value)  # type: ignore[arg-type]
