@@ -14,6 +14,7 @@ from fdnix_assets.embedding.resource import EmbeddingBackend
 from fdnix_assets.io_managers import DatasetIOManager
 from fdnix_assets.jobs import full_job, metadata_job
 from fdnix_assets.resources import DatasetStorage, NixpkgsSource
+from fdnix_assets.schedules import full_job_schedule
 from fdnix_assets.settings import Settings, load_settings
 
 
@@ -55,6 +56,7 @@ def build_definitions(settings: Settings) -> Definitions:
         assets=[nixpkgs_packages],
         asset_checks=[attr_path_unique_and_non_empty, row_count_not_collapsed],
         jobs=[metadata_job, full_job],
+        schedules=[full_job_schedule],
         resources=build_resources(settings),
     )
 
