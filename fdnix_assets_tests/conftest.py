@@ -70,3 +70,19 @@ def s3_bucket(aws_env: str) -> str:
 def sample_listing() -> Path:
     assert SAMPLE_LISTING.is_file(), f"shared fixture {SAMPLE_LISTING} is missing"
     return SAMPLE_LISTING
+
+
+@pytest.fixture
+def bedrock_standin(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """A local Bedrock (batch jobs + Titan v2 InvokeModel) on 127.0.0.1 over the moto S3.
+
+    Yields a ``fdnix_assets_tests.bedrock_standin.BedrockStandIn``; boto3 reaches it through
+    AWS_ENDPOINT_URL_BEDROCK / AWS_ENDPOINT_URL_BEDROCK_RUNTIME."""
+    from fdnix_assets_tests.bedrock_standin import BedrockStandIn
+
+    standin = BedrockStandIn(aws_env)
+    endpoint = standin.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK", endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", endpoint)
+    yield standin
+    standin.stop()
