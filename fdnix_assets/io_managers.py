@@ -4,13 +4,24 @@ Assets return a :class:`StagedDataset` (a finished LanceDB directory in scratch 
 IO manager publishes it as a new snapshot and moves the dataset's pointer. Downstream assets
 receive the :class:`~fdnix_assets.storage.Snapshot` the pointer names: a local path or an
 ``s3://`` URI that LanceDB opens directly. Files move, never pickled Python objects.
+
+Why an IO manager rather than assets that upload themselves: storing is the same for every
+dataset asset (snapshot, verify, move the pointer, prune), the assets stay free of S3 and
+local-disk details, and Dagster wires each downstream asset to the snapshot its upstream
+published, with the storage metadata attached to the materialization in one place.
 """
 
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import ConfigurableIOManager, InputContext, OutputContext, ResourceDependency
+from dagster import (
+    ConfigurableIOManager,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    ResourceDependency,
+)
 
 from fdnix_assets.resources import DatasetKind, DatasetStorage
 from fdnix_assets.storage import Snapshot, new_snapshot_id
@@ -43,15 +54,24 @@ class DatasetIOManager(ConfigurableIOManager):
         report = store.publish(obj.path, new_snapshot_id(context.run_id))
         shutil.rmtree(obj.path, ignore_errors=True)
         context.log.info(
-            f"published {store.dataset} snapshot {report.snapshot.snapshot_id}: "
-            f"{report.file_count} files, {report.total_bytes / 1e6:.1f} MB "
-            f"in {report.seconds:.1f} s"
+            f"published {store.dataset} snapshot {report.snapshot.snapshot_id} to "
+            f"{report.snapshot.uri}: {report.file_count} files, "
+            f"{report.total_bytes / 1e6:.1f} MB, uploaded in {report.upload_seconds:.1f} s "
+            f"({report.upload_megabytes_per_second:.1f} MB/s); pointer {store.location}"
         )
-        context.add_output_metadata(report.as_metadata() | {"rows": obj.rows})
+        if report.deleted_snapshots:
+            context.log.info(
+                f"retention ({store.retention} kept) deleted snapshots: "
+                + ", ".join(report.deleted_snapshots)
+            )
+        metadata = report.as_metadata() | {"rows": obj.rows}
+        metadata["snapshot_uri"] = MetadataValue.path(report.snapshot.uri)
+        context.add_output_metadata(metadata)
 
     def load_input(self, context: InputContext) -> Snapshot:
         upstream = context.upstream_output
-        assert upstream is not None
+        if upstream is None:
+            raise ValueError("DatasetIOManager loads only the outputs of upstream assets")
         store = self.storage.store(dataset_kind(upstream.definition_metadata))
         snapshot = store.require_latest()
         context.log.info(f"reading {store.dataset} snapshot {snapshot.uri}")

@@ -1,5 +1,7 @@
 """Dagster resources: where datasets are stored, what nixpkgs to read, how to log progress."""
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -8,19 +10,51 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from fdnix_assets.nix.extract import DEFAULT_TIMEOUT_SECONDS, Listing, fetch_dump, run_nix_env
-from fdnix_assets.storage import DEFAULT_RETENTION, DatasetStore, LocalDatasetStore
+from fdnix_assets.storage import (
+    DEFAULT_RETENTION,
+    DatasetStore,
+    LocalDatasetStore,
+    Snapshot,
+    StorageError,
+)
+from fdnix_assets.storage_s3 import S3DatasetStore
 
 DatasetKind = Literal["main", "minified"]
 
 
+@dataclass(frozen=True)
+class LocalCopy:
+    """A local, writable LanceDB directory of a dataset, and where it came from."""
+
+    path: Path
+    # The snapshot copied there; None when an existing directory was used as it is.
+    snapshot: Snapshot | None
+    downloaded: bool
+    seconds: float = 0.0
+
+
 class DatasetStorage(ConfigurableResource):
-    """Snapshots of both datasets: in S3 when ``artifacts_bucket`` is set, else on local disk."""
+    """Snapshots of both datasets: in S3 when ``artifacts_bucket`` is set, else on local disk.
+
+    In S3 each dataset lives under its key prefix (``LANCEDB_DATA_KEY``,
+    ``LANCEDB_MINIFIED_KEY``) as immutable snapshots plus a ``latest`` pointer (see
+    :mod:`fdnix_assets.storage_s3`); locally, under the output paths (see
+    :class:`~fdnix_assets.storage.LocalDatasetStore`). The S3 client comes from dagster-aws's
+    ``S3Resource``; boto3 itself reads ``AWS_ENDPOINT_URL_S3`` for the endpoint.
+    """
 
     output_path: str = Field(description="Local main dataset path (OUTPUT_PATH).")
     output_minified_path: str = Field(description="Local minified path (OUTPUT_MINIFIED_PATH).")
     artifacts_bucket: str | None = Field(default=None, description="ARTIFACTS_BUCKET")
     data_key: str = Field(default="snapshots/fdnix-data.lancedb", description="LANCEDB_DATA_KEY")
     minified_key: str = Field(default="snapshots/fdnix.lancedb", description="LANCEDB_MINIFIED_KEY")
+    lancedb_path: str | None = Field(
+        default=None,
+        description=(
+            "LANCEDB_PATH: a local copy of the main dataset for the embedding phase; "
+            "downloaded from the latest snapshot when missing."
+        ),
+    )
     region: str = Field(default="us-east-1", description="AWS_REGION")
     retention: int = Field(default=DEFAULT_RETENTION, description="Snapshots kept per dataset.")
     s3: S3Resource = Field(default_factory=S3Resource)
@@ -38,8 +72,6 @@ class DatasetStorage(ConfigurableResource):
         local_path = Path(self.output_path if kind == "main" else self.output_minified_path)
         if self.artifacts_bucket is None:
             return LocalDatasetStore(local_path, retention=self.retention)
-        from fdnix_assets.storage_s3 import S3DatasetStore
-
         return S3DatasetStore(
             client=self.s3.get_client(),
             bucket=self.artifacts_bucket,
@@ -47,6 +79,46 @@ class DatasetStorage(ConfigurableResource):
             dataset=local_path.name,
             region=self.region,
             retention=self.retention,
+        )
+
+    def local_copy(
+        self, kind: DatasetKind = "main", path: str | Path | None = None, log: Any = None
+    ) -> LocalCopy:
+        """A local LanceDB directory of the dataset, for a phase that must read or write files.
+
+        This is the original indexer's ``LANCEDB_PATH`` behaviour, through the snapshot layer:
+
+        - ``path`` (default: ``LANCEDB_PATH`` for the main dataset) names an existing,
+          non-empty directory: it is used as it is, nothing is downloaded.
+        - ``path`` is missing or empty: the latest snapshot (S3 or local) is downloaded or
+          copied there, replacing it only once the copy is complete and verified.
+        - no ``path`` and no ``LANCEDB_PATH``: a fresh copy of the latest snapshot goes to
+          ``<work dir>/checkout/<dataset>``, replacing any older copy there.
+
+        Raises :class:`~fdnix_assets.storage.StorageError` when there is no snapshot yet.
+        """
+        started = time.perf_counter()
+        explicit = path if path is not None else (self.lancedb_path if kind == "main" else None)
+        store = self.store(kind)
+        if explicit is not None:
+            target = Path(explicit).absolute()
+            if target.exists() and not target.is_dir():
+                raise StorageError(f"{target} is a file, not a LanceDB dataset directory")
+            if target.is_dir() and any(target.iterdir()):
+                if log:
+                    log(f"using the existing local {store.dataset} at {target}")
+                return LocalCopy(path=target, snapshot=None, downloaded=False)
+        else:
+            target = self.work_dir / "checkout" / store.dataset
+        snapshot = store.require_latest()
+        if log:
+            log(f"copying {store.dataset} snapshot {snapshot.uri} to {target}")
+        store.checkout(snapshot, target)
+        return LocalCopy(
+            path=target,
+            snapshot=snapshot,
+            downloaded=True,
+            seconds=time.perf_counter() - started,
         )
 
 

@@ -7,21 +7,32 @@ pointer never sees a half-written dataset and a failed run leaves the last good 
 :class:`LocalDatasetStore` is the embedded default: snapshots are directories beside the
 output path and the pointer is the output path itself, a symlink replaced atomically.
 The S3 store in :mod:`fdnix_assets.storage_s3` implements the same interface.
+
+Retention keeps the newest ``retention`` snapshots (default 7) and never deletes the one the
+pointer names, even when the pointer was moved back to an older snapshot with
+:meth:`DatasetStore.point_to` (a rollback).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 DEFAULT_RETENTION = 7
+UNVERSIONED_SNAPSHOT_ID = "unversioned"
+LEGACY_SNAPSHOT_ID = "00000000T000000000000Z-legacy"
+PARTIAL_PREFIX = ".partial-"
+# A snapshot still being written is younger than this; older incomplete ones are debris.
+ABANDONED_AFTER = timedelta(hours=6)
 
 
 class StorageError(RuntimeError):
@@ -35,7 +46,9 @@ class Snapshot:
     dataset: str
     snapshot_id: str
     uri: str
-    storage_options: dict[str, str] = field(default_factory=dict)
+    # Credentials for LanceDB's object store: kept out of repr() so that logging a snapshot,
+    # or an error message that formats one, never prints them.
+    storage_options: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def is_local(self) -> bool:
@@ -51,28 +64,79 @@ class PublishReport:
     total_bytes: int
     seconds: float
     deleted_snapshots: list[str] = field(default_factory=list)
+    # The copy itself (upload to S3, or copy/rename on disk), without checksums, the
+    # verification listing, the pointer move and retention; 0 when not measured apart.
+    upload_seconds: float = 0.0
+    pointer: str = ""
+    manifest_sha256: str = ""
 
     @property
     def megabytes_per_second(self) -> float:
         return self.total_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def upload_megabytes_per_second(self) -> float:
+        seconds = self.upload_seconds or self.seconds
+        return self.total_bytes / 1e6 / seconds if seconds > 0 else 0.0
+
     def as_metadata(self) -> dict[str, Any]:
-        return {
+        """Materialization metadata: where the snapshot is, how big, how fast it was stored."""
+        metadata: dict[str, Any] = {
             "snapshot_uri": self.snapshot.uri,
             "snapshot_id": self.snapshot.snapshot_id,
             "file_count": self.file_count,
             "dataset_bytes": self.total_bytes,
+            "dataset_mb": round(self.total_bytes / 1e6, 1),
+            "upload_seconds": round(self.upload_seconds or self.seconds, 3),
+            "upload_mb_per_s": round(self.upload_megabytes_per_second, 1),
             "publish_seconds": round(self.seconds, 3),
             "publish_mb_per_s": round(self.megabytes_per_second, 1),
             "snapshots_deleted": len(self.deleted_snapshots),
         }
+        if self.pointer:
+            metadata["pointer"] = self.pointer
+        if self.manifest_sha256:
+            metadata["manifest_sha256"] = self.manifest_sha256
+        return metadata
+
+
+SNAPSHOT_STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
+_SNAPSHOT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def new_snapshot_id(run_id: str | None = None) -> str:
     """Sortable and unique: ``20261125T031500123456Z-<run id prefix>``."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(UTC).strftime(SNAPSHOT_STAMP_FORMAT)
     suffix = (run_id or uuid.uuid4().hex)[:8]
     return f"{stamp}-{suffix}"
+
+
+def check_snapshot_id(snapshot_id: str, where: str) -> str:
+    """Rejects ids that could not be one path segment (they name directories and key prefixes)."""
+    if not _SNAPSHOT_ID_RE.match(snapshot_id) or ".." in snapshot_id:
+        raise StorageError(
+            f"{where}: {snapshot_id!r} is not a snapshot id "
+            "(letters, digits, '.', '_' and '-', starting with a letter or digit)"
+        )
+    return snapshot_id
+
+
+def snapshot_created_at(snapshot_id: str) -> datetime | None:
+    """When a snapshot was started, read from its id; None for ids not made by new_snapshot_id."""
+    try:
+        return datetime.strptime(snapshot_id.split("-", 1)[0], SNAPSHOT_STAMP_FORMAT).replace(
+            tzinfo=UTC
+        )
+    except ValueError:
+        return None
+
+
+def file_sha256(path: Path, chunk_bytes: int = 8 * 1024 * 1024) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def tree_listing(root: Path) -> dict[str, int]:
@@ -112,7 +176,15 @@ class DatasetStore(ABC):
 
     @abstractmethod
     def list_snapshots(self) -> list[str]:
-        """Snapshot ids, oldest first."""
+        """Complete snapshot ids, oldest first."""
+
+    @abstractmethod
+    def point_to(self, snapshot_id: str) -> Snapshot:
+        """Moves the pointer to an existing complete snapshot (a rollback, or a re-publish)."""
+
+    @abstractmethod
+    def prune(self) -> list[str]:
+        """Deletes snapshots beyond the newest ``retention``, never the pointer's; returns ids."""
 
     def require_latest(self) -> Snapshot:
         snapshot = self.latest()
@@ -125,7 +197,13 @@ class DatasetStore(ABC):
 
 
 class LocalDatasetStore(DatasetStore):
-    """Snapshots in ``<parent>/.fdnix-snapshots/<name>/<id>``; ``output_path`` links to one."""
+    """Snapshots in ``<parent>/.fdnix-snapshots/<name>/<id>``; ``output_path`` links to one.
+
+    The pointer is the output path itself: a relative symlink, replaced with a rename, so
+    anything that opens ``OUTPUT_PATH`` gets the latest complete snapshot. A plain directory
+    found at the output path (written by the original indexer) is read as it is, and adopted
+    as the oldest snapshot on the next publish.
+    """
 
     def __init__(self, output_path: Path, retention: int = DEFAULT_RETENTION) -> None:
         super().__init__(output_path.name, retention)
@@ -147,74 +225,150 @@ class LocalDatasetStore(DatasetStore):
             return Snapshot(self.dataset, target.name, str(target))
         if self.output_path.is_dir():
             # A plain directory written by an earlier indexer: readable as it is.
-            return Snapshot(self.dataset, "unversioned", str(self.output_path))
+            return Snapshot(self.dataset, UNVERSIONED_SNAPSHOT_ID, str(self.output_path))
+        if self.output_path.exists():
+            raise StorageError(f"{self.output_path} is a file, not a dataset directory")
         return None
 
     def list_snapshots(self) -> list[str]:
         if not self.snapshots_dir.is_dir():
             return []
-        return sorted(path.name for path in self.snapshots_dir.iterdir() if path.is_dir())
+        return sorted(
+            path.name
+            for path in self.snapshots_dir.iterdir()
+            if path.is_dir() and not path.name.startswith(".")
+        )
 
     def publish(self, staged: Path, snapshot_id: str) -> PublishReport:
         started = time.perf_counter()
+        check_snapshot_id(snapshot_id, f"publishing {staged}")
+        if not staged.is_dir():
+            raise StorageError(f"cannot publish {staged} as {self.dataset}: not a directory")
         expected = tree_listing(staged)
         if not expected:
             raise StorageError(f"refusing to publish {staged}: it holds no files")
+        if self.output_path.exists() and not (
+            self.output_path.is_dir() or self.output_path.is_symlink()
+        ):
+            raise StorageError(f"{self.output_path} is a file, not a dataset directory")
         self.snapshots_dir.mkdir(parents=True, exist_ok=True)
         target = self.snapshots_dir / snapshot_id
-        partial = self.snapshots_dir / f".partial-{snapshot_id}"
-        if staged.resolve().parent == self.snapshots_dir.resolve() or _same_device(
-            staged, self.snapshots_dir
-        ):
-            os.replace(staged, partial)
-        else:
-            shutil.copytree(staged, partial)
-        if tree_listing(partial) != expected:
+        if target.exists():
+            raise StorageError(f"snapshot {snapshot_id} of {self.dataset} already exists: {target}")
+        partial = self.snapshots_dir / f"{PARTIAL_PREFIX}{snapshot_id}"
+        copy_started = time.perf_counter()
+        try:
+            if _same_device(staged, self.snapshots_dir):
+                # Scratch space lives beside the output, so "copying" is a rename.
+                os.replace(staged, partial)
+            else:
+                shutil.copytree(staged, partial)
+            copied = tree_listing(partial)
+            if copied != expected:
+                raise StorageError(
+                    f"snapshot {snapshot_id} of {self.dataset} did not verify: "
+                    + describe_listing_difference(expected, copied)
+                )
+        except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
-            raise StorageError(f"snapshot {snapshot_id} of {self.dataset} did not verify")
+            raise
+        copy_seconds = time.perf_counter() - copy_started
         os.replace(partial, target)
         self._adopt_unversioned()
         self._point_to(target)
-        deleted = self._prune(keep=snapshot_id)
+        deleted = self.prune()
         return PublishReport(
             snapshot=Snapshot(self.dataset, snapshot_id, str(target)),
             file_count=len(expected),
             total_bytes=sum(expected.values()),
             seconds=time.perf_counter() - started,
             deleted_snapshots=deleted,
+            upload_seconds=copy_seconds,
+            pointer=str(self.output_path),
         )
 
+    def point_to(self, snapshot_id: str) -> Snapshot:
+        check_snapshot_id(snapshot_id, f"moving {self.output_path}")
+        target = self.snapshots_dir / snapshot_id
+        if not target.is_dir():
+            raise StorageError(
+                f"{self.dataset} has no snapshot {snapshot_id!r} in {self.snapshots_dir}"
+            )
+        self._adopt_unversioned()
+        self._point_to(target)
+        return Snapshot(self.dataset, snapshot_id, str(target))
+
     def checkout(self, snapshot: Snapshot, target: Path) -> Path:
-        if target.exists():
-            shutil.rmtree(target)
+        source = Path(snapshot.uri)
+        if not source.is_dir():
+            raise StorageError(f"snapshot {snapshot.snapshot_id} of {self.dataset} is missing")
+        target = target.absolute()
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(snapshot.uri, target)
+        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copytree(source, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        replace_directory(staging, target)
         return target
+
+    def prune(self) -> list[str]:
+        snapshots = self.list_snapshots()
+        current = self.latest() if self.output_path.is_symlink() else None
+        protected = {current.snapshot_id} if current else set()
+        deleted = []
+        for snapshot_id in snapshots[: max(0, len(snapshots) - self.retention)]:
+            if snapshot_id in protected:
+                continue
+            shutil.rmtree(self.snapshots_dir / snapshot_id, ignore_errors=True)
+            deleted.append(snapshot_id)
+        # Leftovers of runs that died mid-publish; a young one may belong to a running publish.
+        abandoned_before = time.time() - ABANDONED_AFTER.total_seconds()
+        for leftover in self.snapshots_dir.glob(f"{PARTIAL_PREFIX}*"):
+            if leftover.stat().st_mtime < abandoned_before:
+                shutil.rmtree(leftover, ignore_errors=True)
+        return deleted
 
     def _adopt_unversioned(self) -> None:
         """Moves a plain directory at the output path into the snapshots, keeping it."""
         if self.output_path.is_dir() and not self.output_path.is_symlink():
-            os.replace(self.output_path, self.snapshots_dir / "00000000T000000000000Z-legacy")
+            self.snapshots_dir.mkdir(parents=True, exist_ok=True)
+            adopted = self.snapshots_dir / LEGACY_SNAPSHOT_ID
+            if adopted.exists():
+                adopted = self.snapshots_dir / f"{LEGACY_SNAPSHOT_ID}-{uuid.uuid4().hex[:8]}"
+            os.replace(self.output_path, adopted)
 
     def _point_to(self, target: Path) -> None:
         link = self.output_path.parent / f".{self.output_path.name}.link-{uuid.uuid4().hex[:8]}"
         os.symlink(os.path.relpath(target, self.output_path.parent), link)
         os.replace(link, self.output_path)
 
-    def _prune(self, keep: str) -> list[str]:
-        snapshots = self.list_snapshots()
-        current = self.latest()
-        protected = {keep, current.snapshot_id if current else keep}
-        excess = [s for s in snapshots[: max(0, len(snapshots) - self.retention)]]
-        deleted = []
-        for snapshot_id in excess:
-            if snapshot_id in protected:
-                continue
-            shutil.rmtree(self.snapshots_dir / snapshot_id, ignore_errors=True)
-            deleted.append(snapshot_id)
-        for leftover in self.snapshots_dir.glob(".partial-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        return deleted
+
+def describe_listing_difference(expected: dict[str, int], found: dict[str, int]) -> str:
+    """Which files are missing, unexpected or of the wrong size (the first few of each)."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(
+        f"{path} ({found[path]} bytes, expected {expected[path]})"
+        for path in set(expected) & set(found)
+        if expected[path] != found[path]
+    )
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", extra), ("wrong size", wrong)):
+        if items:
+            shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+            parts.append(f"{len(items)} {label}: {shown}")
+    return "; ".join(parts) or "no difference"
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Puts a finished directory at ``target``, replacing whatever was there."""
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    os.replace(staging, target)
 
 
 def _same_device(a: Path, b: Path) -> bool:
