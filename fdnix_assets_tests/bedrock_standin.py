@@ -669,6 +669,10 @@ class BedrockStandIn:
             # back filters exactly in submitTimeAfter/submitTimeBefore.
             now = _now()
             now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+            # Strictly increasing, so a time filter between two jobs always separates them.
+            latest = max((job.submit_time for job in self.jobs.values()), default=None)
+            if latest is not None and now <= latest:
+                now = latest + timedelta(milliseconds=1)
             job = StandInJob(
                 arn=f"arn:aws:bedrock:{self.region}:{ACCOUNT_ID}:model-invocation-job/{job_id}",
                 job_id=job_id,
@@ -1302,3 +1306,37 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self.end_headers()
         self.wfile.write(data)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serves the stand-in until interrupted, for a manual run or another process's tests.
+
+    ``python -m fdnix_assets_tests.bedrock_standin --s3-endpoint-url http://127.0.0.1:PORT``
+    prints the endpoint URL on its first line of output."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--s3-endpoint-url", required=True)
+    parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--min-records", type=int, default=100)
+    parser.add_argument("--max-records", type=int, default=50_000)
+    parser.add_argument("--seconds-per-status", type=float, default=0.05)
+    options = parser.parse_args(argv)
+    standin = BedrockStandIn(
+        options.s3_endpoint_url,
+        region=options.region,
+        min_records=options.min_records,
+        max_records=options.max_records,
+        seconds_per_status=options.seconds_per_status,
+    )
+    print(standin.start(), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        standin.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +26,7 @@ from fdnix_assets_tests.bedrock_standin import (
     titan_embedding,
     titan_token_count,
 )
+from fdnix_assets_tests.conftest import REPO_ROOT
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/fdnix-bedrock-batch"
 REGION = "us-east-1"
@@ -738,3 +741,25 @@ def test_the_admin_endpoint_steers_jobs_from_another_process(
     with pytest.raises(urllib.error.HTTPError) as refused:
         _admin(standin.endpoint_url, "/_standin/behaviour", {"action": "stop"})
     assert refused.value.code == 400
+
+
+def test_the_stand_in_runs_as_its_own_process(aws_env: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fdnix_assets_tests.bedrock_standin", "--s3-endpoint-url", aws_env],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        endpoint = process.stdout.readline().strip()
+        assert endpoint.startswith("http://127.0.0.1:"), endpoint
+        client = boto3.client("bedrock-runtime", region_name=REGION, endpoint_url=endpoint)
+        answer = client.invoke_model(
+            modelId=TITAN_V2_MODEL_ID, body=json.dumps({"inputText": "hello", "dimensions": 512})
+        )
+        assert json.loads(answer["body"].read())["embedding"] == titan_embedding("hello", 512)
+        assert _admin(endpoint, "/_standin/jobs") == {"jobs": [], "invokeModelCalls": 1}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
