@@ -27,11 +27,14 @@ one. Two publishes racing end with the pointer on whichever wrote last; both sna
 complete. A prefix holding LanceDB tables directly (``<prefix>/packages.lance/...``, as the
 original indexer uploaded them) and no pointer is read as the ``unversioned`` snapshot.
 
-Transfers use boto3's transfer manager (files and multipart parts in parallel). Throttling and
-5xx answers are retried with exponential backoff by the client's retry configuration: the
-client from dagster-aws's ``S3Resource`` uses botocore's ``standard`` mode with
-``max_attempts`` (5 by default); the upload itself is integrity-checked by S3 through the
-CRC32 checksum botocore sends with every request.
+Transfers run 10 at a time (the client's connection pool): uploads through boto3's transfer
+manager, files above 32 MiB in multipart parts sized so the largest file splits into about
+10 parts (16 to 256 MiB); downloads of small files as plain GETs on a thread pool, big ones
+as parallel ranged GETs through the transfer manager. Throttling and 5xx answers are retried
+with exponential backoff by the client's retry configuration: the client from dagster-aws's
+``S3Resource`` uses botocore's ``standard`` mode with ``max_attempts`` (5 by default). S3
+checks each upload against the CRC32 checksum botocore sends with it; checkouts check sizes
+and the manifest's sha256 of every file.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+import boto3.session
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import (
     BotoCoreError,
@@ -92,13 +96,29 @@ STREAM_ATTEMPTS = 3
 MIB = 1024 * 1024
 # Concurrency stays at the client's default connection pool size (10): more threads than
 # pooled connections only churn connections.
-DEFAULT_TRANSFER_CONFIG = TransferConfig(
-    multipart_threshold=32 * MIB,
-    multipart_chunksize=16 * MIB,
-    max_concurrency=10,
-    use_threads=True,
-    preferred_transfer_client="classic",
-)
+TRANSFER_CONCURRENCY = 10
+MIN_PART_BYTES = 16 * MIB
+MAX_PART_BYTES = 256 * MIB
+SINGLE_REQUEST_BYTES = 32 * MIB
+
+
+def transfer_config_for(largest_file_bytes: int) -> TransferConfig:
+    """Parts sized so the largest file splits into about one part per concurrent transfer.
+
+    Fewer, larger parts mean fewer requests (each one costs a round trip, and S3 charges per
+    request) while every connection still has a part to move; 16 MiB parts are the floor.
+    """
+    per_connection = -(-largest_file_bytes // TRANSFER_CONCURRENCY)
+    part = min(MAX_PART_BYTES, max(MIN_PART_BYTES, -(-per_connection // MIB) * MIB))
+    return TransferConfig(
+        multipart_threshold=max(SINGLE_REQUEST_BYTES, part),
+        multipart_chunksize=part,
+        max_concurrency=TRANSFER_CONCURRENCY,
+        use_threads=True,
+        # The CRT client, when awscrt is installed, would bypass this client's retry config.
+        preferred_transfer_client="classic",
+    )
+
 
 _CREDENTIAL_ERRORS = {
     "AccessDenied",
@@ -179,7 +199,7 @@ class S3DatasetStore(DatasetStore):
         dataset: str,
         region: str | None = None,
         retention: int = DEFAULT_RETENTION,
-        transfer_config: TransferConfig = DEFAULT_TRANSFER_CONFIG,
+        transfer_config: TransferConfig | None = None,
         verify_checksums: bool = True,
     ) -> None:
         super().__init__(dataset, retention)
@@ -238,7 +258,10 @@ class S3DatasetStore(DatasetStore):
                 options["allow_http"] = "true"
         # The client's resolved credentials (profile, explicit keys or role), so LanceDB
         # signs exactly as this client does; None for an unsigned client.
-        credentials = self.client._get_credentials()
+        get_credentials = getattr(self.client, "_get_credentials", None)
+        credentials = (
+            get_credentials() if get_credentials else boto3.session.Session().get_credentials()
+        )
         if credentials is None:
             options["skip_signature"] = "true"
             return options
@@ -423,9 +446,21 @@ class S3DatasetStore(DatasetStore):
 
         checksums: dict[str, str] = {}
         if f"{base}{MANIFEST_NAME}" in listed:
+            manifest_where = f"s3://{self.bucket}/{base}{MANIFEST_NAME}"
             manifest_raw = self._read_manifest_bytes(snapshot.snapshot_id)
-            assert manifest_raw is not None
-            entries = _parse_manifest(manifest_raw, f"s3://{self.bucket}/{base}{MANIFEST_NAME}")
+            if manifest_raw is None:
+                raise StorageError(f"{manifest_where} disappeared while checking out")
+            pointer = self.read_pointer()
+            if (
+                pointer is not None
+                and pointer.snapshot_id == snapshot.snapshot_id
+                and pointer.manifest_sha256 != hashlib.sha256(manifest_raw).hexdigest()
+            ):
+                raise StorageError(
+                    f"{manifest_where} does not match the sha256 the pointer {self.location} "
+                    "records: the snapshot was changed after it was published"
+                )
+            entries = _parse_manifest(manifest_raw, manifest_where)
             expected = {entry.path: entry.size for entry in entries}
             if expected != files:
                 raise StorageError(
@@ -462,7 +497,7 @@ class S3DatasetStore(DatasetStore):
     ) -> None:
         with (
             self._s3_errors(f"uploading snapshot {snapshot_id}"),
-            create_transfer_manager(self.client, self.transfer_config) as manager,
+            create_transfer_manager(self.client, self._transfer_config(files)) as manager,
         ):
             futures = [
                 manager.upload(str(staged / relative), self.bucket, f"{prefix}{relative}")
@@ -474,20 +509,21 @@ class S3DatasetStore(DatasetStore):
     def _download_tree(self, base: str, files: dict[str, int], staging: Path, uri: str) -> None:
         for directory in {(staging / relative).parent for relative in files}:
             directory.mkdir(parents=True, exist_ok=True)
-        threshold = self.transfer_config.multipart_threshold
+        config = self._transfer_config(files)
+        threshold = config.multipart_threshold
         small = [relative for relative, size in files.items() if size < threshold]
         large = [relative for relative, size in files.items() if size >= threshold]
         with self._s3_errors(f"downloading {uri}"):
             # The transfer manager costs about twice a plain GET per small file (temp file,
             # queue hand-offs); LanceDB trees hold many small files, so those go straight.
-            with ThreadPoolExecutor(max_workers=self.transfer_config.max_concurrency) as pool:
+            with ThreadPoolExecutor(max_workers=config.max_concurrency) as pool:
                 futures = [
                     pool.submit(self._download_small, f"{base}{relative}", staging / relative)
                     for relative in small
                 ]
                 _wait_all(futures, on_failure=lambda: pool.shutdown(cancel_futures=True))
             if large:
-                with create_transfer_manager(self.client, self.transfer_config) as manager:
+                with create_transfer_manager(self.client, config) as manager:
                     transfers = [
                         manager.download(
                             self.bucket,
@@ -499,6 +535,11 @@ class S3DatasetStore(DatasetStore):
                     ]
                     for transfer in transfers:
                         transfer.result()
+
+    def _transfer_config(self, files: dict[str, int]) -> TransferConfig:
+        if self.transfer_config is not None:
+            return self.transfer_config
+        return transfer_config_for(max(files.values(), default=0))
 
     def _download_small(self, key: str, destination: Path) -> None:
         for attempt in range(1, STREAM_ATTEMPTS + 1):
@@ -648,6 +689,36 @@ class S3DatasetStore(DatasetStore):
             raise StorageError(
                 f"{action} failed: cannot reach the S3 endpoint for {where}: {error}"
             ) from None
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key/prefix`` -> ``("bucket", "key/prefix")``."""
+    parsed = urlparse(uri)
+    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    if parsed.scheme != "s3" or not bucket or not prefix:
+        raise StorageError(f"{uri!r} is not an s3://<bucket>/<key prefix> URI")
+    return bucket, prefix
+
+
+def resolve_s3_dataset(uri: str, client: Any, region: str | None = None) -> Snapshot:
+    """What a reader given ``s3://bucket/prefix`` should open: the snapshot ``latest`` names.
+
+    Also accepts a snapshot's own URI (``.../snapshots/<id>``) or a prefix that holds LanceDB
+    tables directly, which are opened as they are.
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    parent, marker, snapshot_id = prefix.rpartition(f"/{SNAPSHOTS_DIR}/")
+    if marker and parent and "/" not in snapshot_id:
+        return S3DatasetStore(client, bucket, parent, PurePosixPath(parent).name, region).snapshot(
+            snapshot_id
+        )
+    store = S3DatasetStore(client, bucket, prefix, PurePosixPath(prefix).name, region)
+    snapshot = store.latest()
+    if snapshot is None:
+        raise StorageError(
+            f"{uri} holds no dataset: no snapshot pointer {store.location} and no LanceDB table"
+        )
+    return snapshot
 
 
 def safe_relative_path(relative: str, key: str, bucket: str, target: Path) -> str:

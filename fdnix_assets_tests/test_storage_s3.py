@@ -29,7 +29,13 @@ from fdnix_assets.io_managers import DatasetIOManager
 from fdnix_assets.resources import DatasetStorage
 from fdnix_assets.settings import load_settings
 from fdnix_assets.storage import Snapshot, StorageError, tree_listing
-from fdnix_assets.storage_s3 import MANIFEST_NAME, S3DatasetStore, safe_relative_path
+from fdnix_assets.storage_s3 import (
+    MANIFEST_NAME,
+    S3DatasetStore,
+    resolve_s3_dataset,
+    safe_relative_path,
+    transfer_config_for,
+)
 from fdnix_assets_tests.conftest import TEST_CREDENTIALS, free_port
 
 PREFIX = "snapshots/fdnix-data.lancedb"
@@ -158,6 +164,9 @@ def test_round_trip_of_a_lancedb_dataset(
     assert TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in json.dumps(metadata)
 
     assert answers(latest.uri, latest.storage_options) == expected
+    # What a reader given only the dataset's S3 location (search --dataset s3://...) opens.
+    assert resolve_s3_dataset(f"s3://{s3_bucket}/{PREFIX}", s3_client).uri == snapshot_uri
+    assert resolve_s3_dataset(snapshot_uri, s3_client).snapshot_id == "20260101T000000000000Z-first"
     copy = store.checkout(latest, tmp_path / "downloaded")
     assert tree_listing(copy) == files
     assert answers(str(copy)) == expected
@@ -336,12 +345,45 @@ def test_a_key_escaping_the_target_directory_is_refused_by_name(
     assert not (tmp_path / "evil").exists() and not (tmp_path / "checkouts" / "evil").exists()
 
 
+def test_a_snapshot_changed_after_publishing_is_refused(
+    store: S3DatasetStore, s3_client: Any, s3_bucket: str, tmp_path: Path
+) -> None:
+    report = store.publish(make_tree(tmp_path / "tree", files=2), "20260101T000000000000Z-ok")
+    data_key = f"{PREFIX}/snapshots/20260101T000000000000Z-ok/packages.lance/data/00001.lance"
+    s3_client.put_object(Bucket=s3_bucket, Key=data_key, Body=b"X1")  # same size, new bytes
+    with pytest.raises(StorageError, match=r"00001\.lance does not match the sha256"):
+        store.checkout(report.snapshot, tmp_path / "copy")
+
+    manifest_key = f"{PREFIX}/snapshots/20260101T000000000000Z-ok/{MANIFEST_NAME}"
+    manifest = s3_client.get_object(Bucket=s3_bucket, Key=manifest_key)["Body"].read()
+    s3_client.put_object(Bucket=s3_bucket, Key=manifest_key, Body=manifest + b"\n")
+    with pytest.raises(StorageError, match="does not match the sha256 the pointer"):
+        store.checkout(report.snapshot, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+
+
+def test_an_s3_location_without_a_dataset_is_named(s3_client: Any, s3_bucket: str) -> None:
+    with pytest.raises(StorageError, match=f"s3://{s3_bucket}/nothing/here holds no dataset"):
+        resolve_s3_dataset(f"s3://{s3_bucket}/nothing/here", s3_client)
+    with pytest.raises(StorageError, match="not an s3://"):
+        resolve_s3_dataset("https://example.com/x", s3_client)
+
+
 def test_safe_relative_paths_are_accepted(tmp_path: Path) -> None:
     assert safe_relative_path("packages.lance/data/1.lance", "k", "b", tmp_path) == (
         "packages.lance/data/1.lance"
     )
     with pytest.raises(StorageError, match="'C:/windows'"):
         safe_relative_path("C:/windows", "k", "b", tmp_path)
+
+
+def test_big_files_split_into_about_one_part_per_connection() -> None:
+    mib = 1024 * 1024
+    big = transfer_config_for(550 * mib)
+    assert big.multipart_chunksize == 55 * mib and big.max_concurrency == 10
+    assert transfer_config_for(20 * mib).multipart_chunksize == 16 * mib
+    assert transfer_config_for(20 * mib).multipart_threshold == 32 * mib
+    assert transfer_config_for(100_000 * mib).multipart_chunksize == 256 * mib
 
 
 def test_a_missing_bucket_is_named(s3_client: Any, tmp_path: Path) -> None:
