@@ -17,9 +17,9 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from fdnix_assets.settings import PROCESSING_MODES
-from fdnix_assets_tests.conftest import REPO_ROOT, SAMPLE_LISTING
+from fdnix_assets_tests.conftest import REPO_ROOT
+from fdnix_assets_tests.samples import SMALL_LISTING_SIZE, write_small_listing
 
-SMALL_LISTING_SIZE = 200
 RUN_TIMEOUT_SECONDS = 180
 # Variables of the developer's shell that would change what the entry point does.
 CONFIG_VARIABLES = (
@@ -34,15 +34,6 @@ CONFIG_VARIABLES = (
     "PUBLISH_LAYER",
     "EMBEDDING_BACKEND",
 )
-
-
-def write_small_listing(directory: Path, size: int = SMALL_LISTING_SIZE) -> Path:
-    """Every tenth package of the 2k sample, ``size`` of them, in the nix-env shape."""
-    packages = json.loads(SAMPLE_LISTING.read_text(encoding="utf-8"))
-    chosen = list(packages)[::10][:size]
-    path = directory / "nixpkgs-small.json"
-    path.write_text(json.dumps({name: packages[name] for name in chosen}), encoding="utf-8")
-    return path
 
 
 def entrypoint_env(tmp_path: Path, **variables: str) -> dict[str, str]:
