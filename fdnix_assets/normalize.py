@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -34,12 +35,15 @@ FDNIX_META_KEY = "_fdnix"
 CHANNEL_PREFIXES = re.compile(
     r"^(nixpkgs|nixos|nixos-unstable|nixpkgs-unstable|nixos-\d\d\.\d\d)\."
 )
-STORE_PATH_PREFIX = re.compile(r"^/nix/store/[0-9a-z]{32}-[^/]*/")
+# A store path, also inside a chroot store (`nix-env --store DIR` puts it under DIR).
+STORE_PATH_PREFIX = re.compile(r"^(?:/[^:]*?)?/nix/store/[0-9a-z]{32}-[^/]*/")
 # C0 controls other than tab and newline, DEL, and lone surrogates from invalid UTF-8.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
 DRV_NAME_SPLIT = re.compile(r"-(?=[^A-Za-z])")
 MAX_TEXT_CHARS = 64_000
 MAX_LIST_ITEMS = 256
+INT64_MAX = 2**63 - 1
+INVALID_UTF8_ISSUE = "input: invalid UTF-8 bytes replaced with U+FFFD"
 
 
 class InvalidDumpError(ValueError):
@@ -82,6 +86,58 @@ class NormalizedPackages:
 
 def decode_listing(data: bytes) -> tuple[dict[str, _Package], str]:
     """Decodes either shape; returns the packages by attribute path and the shape's name."""
+    packages, shape, _ = _decode_repairing(data)
+    return packages, shape
+
+
+def repair_utf8(data: bytes) -> bytes:
+    """``data`` with every invalid UTF-8 sequence replaced by U+FFFD."""
+    return data.decode("utf-8", "replace").encode("utf-8")
+
+
+def _decode_repairing(data: bytes) -> tuple[dict[str, _Package], str, bool]:
+    """Like :func:`decode_listing`, also saying whether invalid UTF-8 had to be replaced.
+
+    nix-env writes the bytes of Nix strings as they are, so a description read from a Latin-1
+    file arrives as invalid UTF-8. Rejecting the whole listing for that would be absurd; the
+    bytes become U+FFFD instead. (Bytes inside ``meta`` are only looked at per package.)
+    """
+    try:
+        try:
+            return (*_decode_listing(data), False)
+        except UnicodeDecodeError:
+            return (*_decode_listing(repair_utf8(data)), True)
+    except RecursionError:
+        raise InvalidDumpError(
+            "the package listing nests JSON values more than about "
+            f"{sys.getrecursionlimit()} levels deep, which no nixpkgs meta does; "
+            "the input is damaged or not a package listing"
+        ) from None
+
+
+def _decode_meta(
+    decoder: msgspec.json.Decoder[Any], raw: msgspec.Raw, issues: Counter[str]
+) -> dict[str, Any]:
+    """One package's ``meta``; anything that is not a readable object becomes ``{}``."""
+    try:
+        try:
+            meta = decoder.decode(raw)
+        except UnicodeDecodeError:
+            issues[INVALID_UTF8_ISSUE] += 1
+            meta = decoder.decode(repair_utf8(bytes(raw)))
+    except msgspec.DecodeError:
+        issues["meta: not valid JSON, treated as empty"] += 1
+        return {}
+    except RecursionError:
+        issues["meta: nested too deeply to read, treated as empty"] += 1
+        return {}
+    if not isinstance(meta, dict):
+        issues["meta: not an object, treated as empty"] += 1
+        return {}
+    return meta
+
+
+def _decode_listing(data: bytes) -> tuple[dict[str, _Package], str]:
     stripped = data.lstrip()
     if not stripped:
         raise InvalidDumpError("the package listing is empty (no bytes at all)")
@@ -141,7 +197,7 @@ def _string_list(value: Any, field_name: str, issues: Counter[str]) -> list[str]
     if value is None:
         return []
     if isinstance(value, str):
-        return [value]
+        value = [value]
     if not isinstance(value, list):
         issues[f"{field_name}: {type(value).__name__} where a list belongs"] += 1
         return []
@@ -151,7 +207,7 @@ def _string_list(value: Any, field_name: str, issues: Counter[str]) -> list[str]
     result = []
     for item in value:
         if isinstance(item, str):
-            result.append(item)
+            result.append(_string(item, field_name, issues))
         else:
             issues[f"{field_name}: {type(item).__name__} in a list of strings"] += 1
     return result
@@ -163,7 +219,7 @@ def _platforms(value: Any, field_name: str, issues: Counter[str]) -> list[str]:
         strings = [item for item in value if isinstance(item, str)]
         if len(strings) != len(value):
             issues[f"{field_name}: platform patterns (not strings) left out"] += 1
-        return strings[:MAX_LIST_ITEMS]
+        value = strings
     return _string_list(value, field_name, issues)
 
 
@@ -176,8 +232,8 @@ def _bool(value: Any, field_name: str, issues: Counter[str]) -> bool | None:
 
 def _license(value: Any, issues: Counter[str]) -> dict[str, Any] | None:
     if isinstance(value, str):
-        text = value.strip()
-        return {"short_name": text, "spdx_id": None} if text else None
+        text = _text(value, "meta.license", issues)
+        return {"short_name": text} if text else None
     if isinstance(value, dict):
         return {
             "spdx_id": _string(value.get("spdxId"), "meta.license.spdxId", issues),
@@ -206,18 +262,20 @@ def _licenses(value: Any, issues: Counter[str]) -> list[dict[str, Any]]:
 
 
 def _github_id(value: Any, issues: Counter[str]) -> int | None:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
     if isinstance(value, str) and value.isdigit():
-        return int(value)
-    issues["meta.maintainers.githubId: not an integer"] += 1
+        value = int(value)
+    if value is None or (
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX
+    ):
+        return value
+    issues["meta.maintainers.githubId: not a GitHub user id (a non-negative 64-bit integer)"] += 1
     return None
 
 
 def _person(value: Any, field_name: str, issues: Counter[str]) -> dict[str, Any] | None:
     if isinstance(value, str):
         # Old nixpkgs wrote maintainers as "Name <email>" strings.
-        return {"name": value, "email": None, "github": None, "github_id": None, "matrix": None}
+        return {"name": _text(value, f"{field_name}.name", issues)}
     if not isinstance(value, dict):
         issues[f"{field_name}: {type(value).__name__} is not a person"] += 1
         return None
@@ -379,11 +437,13 @@ def _normalize(
     progress_every: int,
 ) -> NormalizedPackages:
     started = time.perf_counter()
-    packages, shape = decode_listing(data)
+    packages, shape, repaired = _decode_repairing(data)
     if not packages:
         raise InvalidDumpError("the package listing holds no packages (an empty JSON object)")
 
     issues: Counter[str] = Counter()
+    if repaired:
+        issues[INVALID_UTF8_ISSUE] += 1
     failures: list[str] = []
     invalid_meta: dict[str, list[str]] = {}
     prefix = common_channel_prefix(packages)
@@ -401,13 +461,7 @@ def _normalize(
         if not attr_path or attr_path in seen:
             issues["attr_path: empty or duplicate, package left out"] += 1
             continue
-        try:
-            meta = meta_decoder.decode(package.meta)
-        except msgspec.DecodeError:
-            meta = None
-        if not isinstance(meta, dict):
-            issues["meta: not an object, treated as empty"] += 1
-            meta = {}
+        meta = _decode_meta(meta_decoder, package.meta, issues)
         fdnix = meta.pop(FDNIX_META_KEY, None)
         if not isinstance(fdnix, dict):
             fdnix = {}
@@ -418,7 +472,7 @@ def _normalize(
             invalid_meta[attr_path] = [str(name) for name in fdnix["invalidMeta"]]
         seen.add(attr_path)
         row = _row(attr_path, package, meta, fdnix, issues, nixpkgs_root, model_id, dimensions)
-        row["meta_json"] = meta_encoder.encode(meta).decode()
+        row["meta_json"] = _meta_json(meta_encoder, meta, issues)
         columns.append(row)
 
     table = columns.table()
@@ -433,6 +487,14 @@ def _normalize(
         input_shape=shape,
         seconds=time.perf_counter() - started,
     )
+
+
+def _meta_json(encoder: msgspec.json.Encoder, meta: dict[str, Any], issues: Counter[str]) -> str:
+    try:
+        return encoder.encode(meta).decode()
+    except (RecursionError, msgspec.EncodeError, UnicodeDecodeError):
+        issues["meta_json: could not be written back as JSON, left empty"] += 1
+        return "{}"
 
 
 def _drain(packages: dict[str, _Package]) -> Iterator[tuple[str, _Package]]:
@@ -489,9 +551,12 @@ def _row(
     if unfree is None:
         unfree = any(license.get("free") is False for license in licenses)
     unsupported = _bool(meta.get("unsupported"), "meta.unsupported", issues) or False
-    available = _bool(meta.get("available"), "meta.available", issues)
-    if available is None:
-        available = not (broken or insecure or unfree or unsupported)
+    # nixpkgs computes meta.available under the config it was evaluated with, and the wrapper's
+    # config allows everything, so there it is true even for a broken package. Here it means
+    # what a user needs: installable under nixpkgs' default config on this system.
+    available = _bool(meta.get("available"), "meta.available", issues) is not False and not (
+        broken or insecure or unfree or unsupported
+    )
 
     text = embedding_text(attr_path, main_program, description, long_description)
     for key, value in meta.items():

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from fdnix_assets.nix.extract import redact_url
 
 PROCESSING_MODES = {
     "metadata": "metadata_job",
@@ -82,6 +85,40 @@ def validate_key_prefix(name: str, value: str) -> str:
             "(letters, digits and !_.*'()-/ only, no empty, '.' or '..' segments)"
         )
     return stripped
+
+
+def validate_listing_source(name: str, value: str) -> str:
+    """NIXPKGS_JSON: a local path, ``file://``, ``http(s)://`` or ``s3://bucket/key``."""
+    parsed = urllib.parse.urlsplit(value)
+    scheme = parsed.scheme.lower()
+    # "C:" style drive letters and plain paths have no usable scheme.
+    if len(scheme) <= 1 or scheme == "file":
+        return value
+    shown = redact_url(value)
+    if scheme == "s3":
+        if not parsed.netloc or not parsed.path.strip("/"):
+            raise SettingsError(f"{name}={shown!r} is not an S3 object URL (s3://bucket/key)")
+        validate_bucket(name, parsed.netloc)
+        return value
+    if scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise SettingsError(f"{name}={shown!r} has no host name")
+        return value
+    raise SettingsError(
+        f"{name}={shown!r}: unsupported scheme {scheme!r}; use a file path, "
+        "file://, http://, https:// or s3://bucket/key"
+    )
+
+
+def validate_nixpkgs(name: str, value: str) -> str:
+    """NIXPKGS: ``<nixpkgs>`` (a NIX_PATH entry), a local path, or an http(s) tarball URL."""
+    scheme = urllib.parse.urlsplit(value).scheme.lower()
+    if "://" in value and scheme not in ("http", "https"):
+        raise SettingsError(
+            f"{name}={redact_url(value)!r}: nix-env evaluates a path, <nixpkgs> or an "
+            "http(s):// tarball URL; for a ready JSON listing set NIXPKGS_JSON instead"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -223,8 +260,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(
         aws_region=region,
         processing_mode=mode,
-        nixpkgs=get("NIXPKGS") or "<nixpkgs>",
-        nixpkgs_json=get("NIXPKGS_JSON"),
+        nixpkgs=validate_nixpkgs("NIXPKGS", get("NIXPKGS") or "<nixpkgs>"),
+        nixpkgs_json=(
+            None
+            if get("NIXPKGS_JSON") is None
+            else validate_listing_source("NIXPKGS_JSON", str(get("NIXPKGS_JSON")))
+        ),
         output_path=output_path,
         output_minified_path=minified_path,
         lancedb_path=Path(lancedb_path) if lancedb_path else None,

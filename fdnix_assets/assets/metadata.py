@@ -33,7 +33,7 @@ from fdnix_assets.datasets import (
 )
 from fdnix_assets.embedding.resource import EmbeddingBackend
 from fdnix_assets.io_managers import DATASET_METADATA_KEY, StagedDataset
-from fdnix_assets.nix.extract import ExtractionError
+from fdnix_assets.nix.extract import ExtractionError, redact_url
 from fdnix_assets.normalize import InvalidDumpError, normalize_listing
 from fdnix_assets.resources import DatasetStorage, NixpkgsSource
 from fdnix_assets.storage import Snapshot
@@ -92,6 +92,7 @@ def nixpkgs_packages(
 ) -> Output[StagedDataset]:
     started = time.perf_counter()
     work_dir = dataset_storage.work_dir / context.run_id
+    source = redact_url(nixpkgs_source.description)
     try:
         listing = nixpkgs_source.fetch(work_dir / "nix", log=context.log.info)
         input_bytes = listing.size_bytes
@@ -105,9 +106,10 @@ def nixpkgs_packages(
             ),
         )
     except (ExtractionError, InvalidDumpError) as error:
+        shutil.rmtree(work_dir, ignore_errors=True)
         raise Failure(
-            description=f"reading {nixpkgs_source.description} failed: {error}",
-            metadata={"source": nixpkgs_source.description},
+            description=f"reading {source} failed: {error}",
+            metadata={"source": source},
         ) from None
     finally:
         shutil.rmtree(work_dir / "nix", ignore_errors=True)
@@ -119,7 +121,11 @@ def nixpkgs_packages(
     previous_rows = None if previous is None else _row_count(previous)
     problem = row_drop_problem(table.num_rows, previous_rows, config.max_row_drop_fraction)
     if problem:
-        raise Failure(description=problem, metadata={"rows": table.num_rows})
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise Failure(
+            description=f"{source}: {problem}",
+            metadata={"rows": table.num_rows, "previous_rows": previous_rows or 0},
+        )
     table, reused = carry_over_vectors(table, previous_vectors)
 
     provenance = DatasetProvenance(
@@ -133,8 +139,12 @@ def nixpkgs_packages(
     write_packages(staged, table, provenance)
     seconds = time.perf_counter() - started
 
-    for warning in listing.stderr_lines[:SHOWN_LIMIT]:
-        context.log.warning(f"nix-env: {warning}")
+    if listing.stderr_lines:
+        # The lines themselves were logged as nix-env printed them.
+        context.log.warning(
+            f"nix-env printed {len(listing.stderr_lines)} lines on stderr (evaluation warnings, "
+            "meta attributes it nulled); see nix_stderr_sample in the materialization metadata"
+        )
     if normalized.evaluation_failures:
         context.log.warning(
             f"{len(normalized.evaluation_failures)} packages failed to evaluate and are left "

@@ -7,6 +7,7 @@ evaluation said on stderr. :mod:`fdnix_assets.normalize` reads the file.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import os
@@ -31,6 +32,8 @@ INVALID_META_LINE = re.compile(r"derivation '([^']*)' has invalid meta attribute
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 COPY_CHUNK_BYTES = 8 * 1024 * 1024
+# Each logged line is an event in Dagster's log; all lines are kept in the Listing regardless.
+MAX_LOGGED_STDERR_LINES = 200
 
 LogFunction = Callable[[str], None]
 
@@ -70,6 +73,25 @@ def redact_url(source: str) -> str:
     return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
 
 
+def scrub_secrets(text: str, source: str) -> str:
+    """``text`` (an error message, a line of stderr) without the secret parts of ``source``.
+
+    Error texts quote URLs in their own ways (a host with credentials, a bare query string), so
+    redacting URL-shaped substrings is not enough: every secret part is removed wherever it is.
+    """
+    parsed = urllib.parse.urlsplit(source)
+    if not parsed.scheme or len(parsed.scheme) == 1:
+        return text
+    text = text.replace(source, redact_url(source))
+    userinfo = parsed.netloc.rpartition("@")[0]
+    secrets = [userinfo, parsed.password, parsed.query, parsed.fragment]
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+        # Messages may quote the same part percent-decoded.
+        text = text.replace(urllib.parse.unquote(secret), "***")
+    return text
+
+
 def nix_arguments(nixpkgs: str) -> tuple[list[str], str | None]:
     """The ``--argstr`` pair telling the wrapper what to evaluate, and the local root if any."""
     if nixpkgs.startswith("<") and nixpkgs.endswith(">"):
@@ -104,6 +126,7 @@ def run_nix_env(
             "or set NIXPKGS_JSON to a ready package listing instead"
         )
     arguments, nixpkgs_root = nix_arguments(nixpkgs)
+    shown = redact_url(nixpkgs)
     work_dir.mkdir(parents=True, exist_ok=True)
     home = work_dir / "nix-home"
     home.mkdir(exist_ok=True)
@@ -133,7 +156,7 @@ def run_nix_env(
         **(extra_env or {}),
     }
     (work_dir / "nix-conf").mkdir(exist_ok=True)
-    log(f"evaluating {nixpkgs} with {executable}")
+    log(f"evaluating {shown} with {executable}")
     started = time.perf_counter()
     stderr_lines: list[str] = []
     with output_path.open("wb") as output:
@@ -145,33 +168,50 @@ def run_nix_env(
             env=env,
             start_new_session=True,
         )
+        assert process.stderr is not None
         reader = threading.Thread(
-            target=_pump_stderr, args=(process.stderr, stderr_lines, log), daemon=True
+            target=_read_stderr,
+            args=(process.stderr, stderr_lines, lambda line: scrub_secrets(line, nixpkgs)),
+            daemon=True,
         )
         reader.start()
+        # The caller's log (Dagster's) is only called from this thread; the reader just collects.
+        logged = 0
+        deadline = time.monotonic() + timeout_seconds
         try:
-            returncode = process.wait(timeout=timeout_seconds)
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    returncode = process.wait(timeout=max(0.0, min(1.0, remaining)))
+                    break
+                except subprocess.TimeoutExpired:
+                    logged = _log_new_lines(stderr_lines, logged, log)
+                    if remaining <= 1.0:
+                        raise
         except subprocess.TimeoutExpired:
             _kill_group(process)
             reader.join(timeout=5)
+            _log_new_lines(stderr_lines, logged, log)
             raise ExtractionError(
-                f"nix-env did not finish evaluating {nixpkgs} within {timeout_seconds:.0f} s "
+                f"nix-env did not finish evaluating {shown} within {timeout_seconds:g} s "
                 "and was stopped; raise the timeout or check the evaluation"
             ) from None
         except BaseException:
             _kill_group(process)
             raise
         reader.join(timeout=30)
+        _log_new_lines(stderr_lines, logged, log)
     seconds = time.perf_counter() - started
     tail = "\n".join(stderr_lines[-15:])
     if returncode != 0:
         how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
         raise ExtractionError(
-            f"nix-env {how} while evaluating {nixpkgs}; last lines of its stderr:\n{tail}"
+            f"nix-env {how} while evaluating {shown}; last lines of its stderr:\n{tail}"
+            + _hint(tail)
         )
     if output_path.stat().st_size == 0:
         raise ExtractionError(
-            f"nix-env printed nothing for {nixpkgs} (exit code 0); stderr:\n{tail or '(empty)'}"
+            f"nix-env printed nothing for {shown} (exit code 0); stderr:\n{tail or '(empty)'}"
         )
     invalid = Counter(
         match.group(2)
@@ -181,7 +221,7 @@ def run_nix_env(
     log(f"nix-env wrote {output_path.stat().st_size:,} bytes in {seconds:.1f} s")
     return Listing(
         path=output_path,
-        source=nixpkgs,
+        source=shown,
         source_kind="nix-env",
         nixpkgs_root=nixpkgs_root,
         seconds=seconds,
@@ -190,13 +230,31 @@ def run_nix_env(
     )
 
 
-def _pump_stderr(stream: BinaryIO, lines: list[str], log: LogFunction) -> None:
+def _read_stderr(stream: BinaryIO, lines: list[str], clean: Callable[[str], str]) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip()
         if line:
-            lines.append(line)
-            log(f"nix-env: {line}")
+            lines.append(clean(line))
     stream.close()
+
+
+def _log_new_lines(lines: list[str], logged: int, log: LogFunction) -> int:
+    """Logs the stderr lines not logged yet, up to a limit; returns how many are accounted for."""
+    available = len(lines)
+    for line in lines[logged : min(available, MAX_LOGGED_STDERR_LINES)]:
+        log(f"nix-env: {line}")
+    if logged <= MAX_LOGGED_STDERR_LINES < available:
+        log("nix-env: further stderr lines are kept but not logged one by one")
+    return max(available, logged)
+
+
+def _hint(stderr_tail: str) -> str:
+    if "was not found in the Nix search path" in stderr_tail:
+        return (
+            "\nNIXPKGS=<nixpkgs> needs NIX_PATH to name a nixpkgs (nixpkgs=/path/to/nixpkgs); "
+            "or set NIXPKGS to a nixpkgs checkout or a channel tarball URL"
+        )
+    return ""
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -229,7 +287,7 @@ def fetch_dump(
             s3_client_factory().download_file(parsed.netloc, key, str(downloaded))
         elif parsed.scheme in ("http", "https"):
             log(f"downloading {shown}")
-            request = urllib.request.Request(source, headers={"User-Agent": "fdnix-indexer"})
+            request = _http_request(source)
             with (
                 urllib.request.urlopen(request, timeout=300) as response,
                 downloaded.open("wb") as target,
@@ -245,15 +303,22 @@ def fetch_dump(
     except Exception as error:
         raise ExtractionError(
             f"NIXPKGS_JSON={shown}: could not be read: {type(error).__name__}: "
-            f"{redact_url(str(error))}"
+            f"{scrub_secrets(str(error), source)}"
         ) from None
 
     listing_path = work_dir / "listing.json"
-    try:
-        decompress_file(downloaded, listing_path, name=shown)
-    finally:
-        if downloaded != Path(source) and downloaded.parent == work_dir:
-            downloaded.unlink(missing_ok=True)
+    if compression_of(downloaded, shown) is None:
+        # Plain JSON is read where it is: no copy of a 300 MB file just to rename it.
+        if downloaded.parent == work_dir:
+            os.replace(downloaded, listing_path)
+        else:
+            listing_path = downloaded
+    else:
+        try:
+            decompress_file(downloaded, listing_path, name=shown)
+        finally:
+            if downloaded.parent == work_dir:
+                downloaded.unlink(missing_ok=True)
     if listing_path.stat().st_size == 0:
         raise ExtractionError(f"NIXPKGS_JSON={shown}: the file is empty")
     seconds = time.perf_counter() - started
@@ -261,21 +326,48 @@ def fetch_dump(
     return Listing(path=listing_path, source=shown, source_kind="dump", seconds=seconds)
 
 
-def decompress_file(source: Path, target: Path, *, name: str) -> None:
-    """Writes ``source`` to ``target``, undoing zstd, gzip or brotli (by magic or suffix)."""
-    with source.open("rb") as handle:
+def _http_request(source: str) -> urllib.request.Request:
+    """A GET for ``source``; credentials in the URL travel as a Basic authorization header."""
+    parsed = urllib.parse.urlsplit(source)
+    headers = {"User-Agent": "fdnix-indexer"}
+    if parsed.username is not None:
+        user = urllib.parse.unquote(parsed.username)
+        password = urllib.parse.unquote(parsed.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+        host = parsed.netloc.rpartition("@")[2]
+        source = urllib.parse.urlunsplit(parsed._replace(netloc=host))
+    return urllib.request.Request(source, headers=headers)
+
+
+def compression_of(path: Path, name: str) -> str | None:
+    """``"zstd"``, ``"gzip"`` or ``"brotli"`` (by magic bytes, or the name's suffix), else None."""
+    with path.open("rb") as handle:
         head = handle.read(4)
     suffix = name.split("?", 1)[0].lower()
+    if head.startswith(ZSTD_MAGIC) or suffix.endswith(".zst"):
+        return "zstd"
+    if head.startswith(GZIP_MAGIC) or suffix.endswith(".gz"):
+        return "gzip"
+    # Brotli has no magic bytes.
+    if suffix.endswith(".br"):
+        return "brotli"
+    return None
+
+
+def decompress_file(source: Path, target: Path, *, name: str) -> None:
+    """Writes ``source`` to ``target``, undoing zstd, gzip or brotli (by magic or suffix)."""
+    compression = compression_of(source, name)
     try:
-        if head.startswith(ZSTD_MAGIC) or suffix.endswith(".zst"):
+        if compression == "zstd":
             import zstandard
 
             with source.open("rb") as raw, target.open("wb") as out:
                 zstandard.ZstdDecompressor().copy_stream(raw, out)
-        elif head.startswith(GZIP_MAGIC) or suffix.endswith(".gz"):
+        elif compression == "gzip":
             with gzip.open(source, "rb") as raw, target.open("wb") as out:
                 shutil.copyfileobj(raw, out, COPY_CHUNK_BYTES)
-        elif suffix.endswith(".br"):
+        elif compression == "brotli":
             import brotli
 
             decompressor = brotli.Decompressor()

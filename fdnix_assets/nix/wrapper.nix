@@ -53,14 +53,16 @@ let
   isDerivation = value: builtins.isAttrs value && (value.type or null) == "derivation";
 
   # nix-env refuses meta values that are functions or contain derivations; so do we, but we say so.
+  # It also nulls a whole meta attribute when a null hides anywhere inside it, so one maintainer
+  # with `email = null` would cost the whole list: nested nulls are dropped instead.
   plainMetaValue =
     value:
     if builtins.isFunction value || isDerivation value then
       throw "not a plain value"
     else if builtins.isAttrs value then
-      builtins.mapAttrs (_: plainMetaValue) value
+      builtins.mapAttrs (_: plainMetaValue) (nonNull value)
     else if builtins.isList value then
-      map plainMetaValue value
+      map plainMetaValue (builtins.filter (item: item != null) value)
     else
       value;
 
@@ -80,9 +82,11 @@ let
       values = builtins.mapAttrs (_: a: a.value) (builtins.removeAttrs attempts invalid);
     };
 
+  nonNull = attrs: builtins.removeAttrs attrs (builtins.filter (name: attrs.${name} == null) (builtins.attrNames attrs));
+
   stringOrNull = value: let a = attempt value; in if a.ok && builtins.isString a.value then a.value else null;
 
-  # nix-env drops records with the same name, so each failure gets its own.
+  # A recognisable name per failure, for anyone reading nix-env's raw output.
   failedRecord = name: {
     type = "derivation";
     name = "fdnix-evaluation-failed-${name}";
@@ -110,8 +114,10 @@ let
         system = let s = stringOrNull (drv.system or null); in if s == null then "unknown" else s;
         outputName = if outputName.ok && builtins.isString outputName.value then outputName.value else "out";
         outputs = if outputs.ok && builtins.isList outputs.value then outputs.value else [ "out" ];
+        # nix-env nulls a whole meta attribute that holds a null anywhere inside it, so an
+        # absent pname/version is left out rather than written as null.
         meta = meta.values // {
-          _fdnix = {
+          _fdnix = nonNull {
             pname = stringOrNull (drv.pname or null);
             version = stringOrNull (drv.version or null);
             invalidMeta = meta.invalid;
