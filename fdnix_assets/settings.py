@@ -38,6 +38,7 @@ _LAYER_ARN_RE = re.compile(
 )
 _LAYER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,140}$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+_IP_ADDRESS_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{1,512}$")
 
 
@@ -69,10 +70,10 @@ def _parse_int(name: str, raw: str | None, default: int, minimum: int = 1) -> in
 
 
 def validate_bucket(name: str, value: str) -> str:
-    if not _BUCKET_RE.match(value) or ".." in value:
+    if not _BUCKET_RE.match(value) or ".." in value or _IP_ADDRESS_RE.match(value):
         raise SettingsError(
             f"{name}={value!r} is not a valid S3 bucket name "
-            "(3-63 lowercase letters, digits, dots and hyphens)"
+            "(3-63 lowercase letters, digits, dots and hyphens, not an IP address)"
         )
     return value
 
@@ -98,7 +99,11 @@ def validate_listing_source(name: str, value: str) -> str:
     if scheme == "s3":
         if not parsed.netloc or not parsed.path.strip("/"):
             raise SettingsError(f"{name}={shown!r} is not an S3 object URL (s3://bucket/key)")
-        validate_bucket(name, parsed.netloc)
+        try:
+            validate_bucket(name, parsed.netloc)
+        except SettingsError as error:
+            reason = str(error).split(" ", 1)[1]
+            raise SettingsError(f"{name}={shown!r}: {parsed.netloc!r} {reason}") from None
         return value
     if scheme in ("http", "https"):
         if not parsed.hostname:

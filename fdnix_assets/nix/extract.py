@@ -67,9 +67,7 @@ def redact_url(source: str) -> str:
     parsed = urllib.parse.urlsplit(source)
     if not parsed.scheme or parsed.scheme == "file" or len(parsed.scheme) == 1:
         return source
-    host = parsed.hostname or ""
-    if parsed.port:
-        host = f"{host}:{parsed.port}"
+    host = parsed.netloc.rpartition("@")[2]
     return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
 
 
