@@ -410,7 +410,10 @@ def test_deployment_instance_is_valid_dagster_config(
 
     assert set(config["storage"]) == {"postgres"}
     postgres = config["storage"]["postgres"]["postgres_db"]
-    assert all(set(value) == {"env"} for value in postgres.values()), "credentials in the file"
+    for field in ("hostname", "port", "username", "password", "db_name"):
+        assert set(postgres[field]) == {"env"}, f"{field} is written into the file"
+    # SQLAlchemy 2.1 defaults postgresql:// to psycopg 3; dagster-postgres brings psycopg2.
+    assert postgres["scheme"] == "postgresql+psycopg2"
     assert config["run_monitoring"]["enabled"] is True
     assert config["run_retries"]["enabled"] is True and config["run_retries"]["max_retries"] >= 1
 
