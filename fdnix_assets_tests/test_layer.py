@@ -5,21 +5,36 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import json
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import boto3
 import lancedb
+import numpy as np
 import pyarrow as pa
 import pytest
+from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster_aws.s3 import S3Resource
 
+from fdnix_assets import lambda_handler
+from fdnix_assets.assets.layer import LAYER_ASSET, LAYER_SIZE_CHECK, LambdaLayerPublisher
+from fdnix_assets.datasets import DatasetProvenance, write_packages
+from fdnix_assets.definitions import build_definitions
+from fdnix_assets.embedding.text import embedding_text
 from fdnix_assets.layer import (
+    HANDLER,
     LAYER_DATASET_DIR,
     LAYER_PACKAGE_DIR,
     PACKAGE_STUB,
+    RUNTIME_DATASET_PATH,
     LayerError,
     LayerTarget,
     LayerTooLargeError,
@@ -34,6 +49,12 @@ from fdnix_assets.layer import (
     publish_layer_zip,
     upload_layer_zip,
 )
+from fdnix_assets.minify import MinifyOptions, build_minified
+from fdnix_assets.normalize import normalize_listing
+from fdnix_assets.resources import DatasetStorage
+from fdnix_assets.schema import vector_type
+from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID, load_settings
+from fdnix_assets_tests.conftest import SAMPLE_LISTING
 
 SNAPSHOT_ID = "20261125T000000000000Z-test"
 
@@ -132,6 +153,12 @@ def test_zip_refuses_bad_inputs(tmp_path: Path, code_dir: Path) -> None:
     relative = make_code(tmp_path / "code3", TINY_CODE | {"search.py": "from . import settings\n"})
     with pytest.raises(LayerError, match=r"imports fdnix_assets\.settings"):
         build(dataset, relative, tmp_path / "c.zip")
+
+
+def test_layer_path_is_where_the_handler_looks() -> None:
+    assert RUNTIME_DATASET_PATH == "/opt/" + LAYER_DATASET_DIR
+    assert lambda_handler.DEFAULT_DATASET_PATH == RUNTIME_DATASET_PATH
+    assert f"{lambda_handler.__name__}.{lambda_handler.handler.__name__}" == HANDLER
 
 
 def test_layer_target_from_layer_arn() -> None:
@@ -287,3 +314,238 @@ def test_upload_is_verified_and_replaces_a_damaged_object(
 
     second = upload_layer_zip(s3, layer, s3_bucket, key, part_bytes=part)
     assert second.reused
+
+
+def layer_definitions(
+    tmp_path: Path, environ: dict[str, str], dataset: Path | None = None
+) -> Definitions:
+    """The definitions these variables give, with a minified snapshot already published."""
+    settings = load_settings(
+        {
+            "OUTPUT_PATH": str(tmp_path / "out" / "fdnix-data.lancedb"),
+            "OUTPUT_MINIFIED_PATH": str(tmp_path / "out" / "fdnix.lancedb"),
+        }
+        | environ
+    )
+    definitions = build_definitions(settings)
+    storage = definitions.resources["dataset_storage"]
+    assert isinstance(storage, DatasetStorage)
+    staged = tmp_path / "staged" / "fdnix.lancedb"
+    if dataset is None:
+        make_dataset(staged, "v1")
+    else:
+        shutil.copytree(dataset, staged)
+    storage.store("minified").publish(staged, SNAPSHOT_ID)
+    return definitions
+
+
+def run_layer_asset(definitions: Definitions) -> tuple[ExecuteInProcessResult, DagsterInstance]:
+    """Materializes lambda_layer_version alone, reading the published minified snapshot."""
+    instance = DagsterInstance.ephemeral()
+    result = definitions.resolve_implicit_global_asset_job_def().execute_in_process(
+        asset_selection=[LAYER_ASSET], instance=instance, raise_on_error=False
+    )
+    return result, instance
+
+
+def step_failure(result: ExecuteInProcessResult) -> str:
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert len(failures) == 1
+    data = failures[0].step_failure_data
+    assert data is not None and data.user_failure_data is not None
+    return data.user_failure_data.description or ""
+
+
+@pytest.mark.parametrize("value", ["", "No"])
+def test_asset_is_skipped_not_failed_when_publish_layer_is_off(
+    tmp_path: Path, aws_env: str, value: str
+) -> None:
+    definitions = layer_definitions(tmp_path, {"PUBLISH_LAYER": value, "LAYER_ARN": "fdnix"})
+    result, instance = run_layer_asset(definitions)
+    assert result.success
+    assert result.get_asset_materialization_events() == []
+    assert result.get_asset_check_evaluations() == []
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("lambda_layer_version skipped: PUBLISH_LAYER is not true" in m for m in messages)
+    assert list((tmp_path / "out").rglob("*.zip")) == []
+
+
+@pytest.mark.parametrize("value", ["true", "YES"])
+def test_publishing_without_layer_arn_fails_clearly(
+    tmp_path: Path, aws_env: str, value: str
+) -> None:
+    definitions = layer_definitions(tmp_path, {"PUBLISH_LAYER": value})
+    publisher = definitions.resources["layer_publisher"]
+    assert isinstance(publisher, LambdaLayerPublisher) and publisher.enabled
+    result, _ = run_layer_asset(definitions)
+    assert not result.success
+    assert "LAYER_ARN is not set" in step_failure(result)
+
+
+def test_asset_refuses_a_layer_over_the_size_limit(tmp_path: Path, aws_env: str) -> None:
+    environ = {"PUBLISH_LAYER": "true", "LAYER_ARN": "fdnix-small"}
+    definitions = layer_definitions(tmp_path, environ)
+    small_limit = LambdaLayerPublisher(
+        enabled=True,
+        layer_arn="fdnix-small",
+        unzipped_limit_bytes=10_000,
+        reserved_unzipped_bytes=0,
+        s3=S3Resource(),
+    )
+    result, _ = run_layer_asset(
+        Definitions(
+            assets=definitions.assets,
+            asset_checks=definitions.asset_checks,
+            resources={**definitions.resources, "layer_publisher": small_limit},
+        )
+    )
+    assert not result.success
+    assert "refusing to publish fdnix-small" in step_failure(result)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.check_name == LAYER_SIZE_CHECK and not evaluation.passed
+    assert evaluation.metadata["unzipped_limit_bytes"].value == 10_000
+    lambda_client, _ = clients(aws_env)
+    assert list_layer_versions(lambda_client, "fdnix-small") == []
+
+
+E2E_PACKAGES = 300
+
+
+@pytest.fixture(scope="module")
+def sample_minified(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first packages of the 2k sample, embedded with MiniLM and minified by the
+    pipeline's own code (enough rows for the IVF-PQ index, few enough to embed quickly)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from fdnix_assets.embedding.local import LocalEmbedder
+
+    base = tmp_path_factory.mktemp("layer-e2e")
+    packages = json.loads(SAMPLE_LISTING.read_bytes())
+    subset = dict(list(packages.items())[:E2E_PACKAGES])
+    table = normalize_listing(
+        json.dumps(subset).encode(), model_id=LOCAL_MODEL_ID, dimensions=LOCAL_MODEL_DIMENSIONS
+    ).table
+    columns = ("attr_path", "main_program", "description", "long_description")
+    texts = [
+        embedding_text(*row)
+        for row in zip(*(table[column].to_pylist() for column in columns), strict=True)
+    ]
+    vectors = LocalEmbedder().embed(texts).vectors.astype(np.float32)
+    array = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), LOCAL_MODEL_DIMENSIONS)
+    table = table.set_column(
+        table.schema.get_field_index("vector"),
+        pa.field("vector", vector_type(LOCAL_MODEL_DIMENSIONS)),
+        array,
+    )
+    main = base / "fdnix-data.lancedb"
+    provenance = DatasetProvenance(
+        source=str(SAMPLE_LISTING),
+        source_kind="file",
+        embedding_model=LOCAL_MODEL_ID,
+        embedding_dimensions=LOCAL_MODEL_DIMENSIONS,
+        embedding_backend="local",
+    )
+    write_packages(main, table, provenance)
+    report = build_minified(str(main), base / "fdnix.lancedb", MinifyOptions())
+    assert report.rows == E2E_PACKAGES and report.vectors == E2E_PACKAGES
+    return base / "fdnix.lancedb"
+
+
+def test_published_layer_serves_searches_from_an_opt_directory(
+    tmp_path: Path, aws_env: str, s3_bucket: str, sample_minified: Path
+) -> None:
+    name = f"fdnix-{uuid.uuid4().hex[:8]}"
+    layer_arn = f"arn:aws:lambda:us-east-1:123456789012:layer:{name}"
+    environ = {"PUBLISH_LAYER": "true", "LAYER_ARN": layer_arn, "ARTIFACTS_BUCKET": s3_bucket}
+    definitions = layer_definitions(tmp_path, environ, dataset=sample_minified)
+
+    result, _ = run_layer_asset(definitions)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("lambda_layer_version")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    assert metadata["layer_version_arn"] == f"{layer_arn}:1"
+    assert metadata["layer_version"] == 1 and metadata["published"] is True
+    assert metadata["snapshot_id"] == SNAPSHOT_ID
+    assert metadata["unzipped_bytes"] > metadata["zip_bytes"] > 0
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed
+
+    # The snapshot came from S3 and the zip went to S3, outside the dataset's prefix.
+    assert metadata["snapshot_uri"].startswith(f"s3://{s3_bucket}/snapshots/fdnix.lancedb/")
+    sha = metadata["sha256"]
+    assert metadata["zip_uri"] == f"s3://{s3_bucket}/layers/{name}/{sha}.zip"
+    lambda_client, s3 = clients(aws_env)
+    described = lambda_client.get_layer_version(LayerName=name, VersionNumber=1)
+    assert SNAPSHOT_ID in described["Description"] and sha in described["Description"]
+    # moto answers Content.Location with "s3://", so read the zip from S3 itself.
+    zipped = s3.get_object(Bucket=s3_bucket, Key=f"layers/{name}/{sha}.zip")["Body"].read()
+    assert hashlib.sha256(zipped).hexdigest() == sha
+    assert base64.b64decode(described["Content"]["CodeSha256"]).hex() == sha
+
+    # An unchanged dataset publishes nothing.
+    again, _ = run_layer_asset(definitions)
+    assert again.success
+    (rerun,) = again.asset_materializations_for_node("lambda_layer_version")
+    assert rerun.metadata["published"].value is False
+    assert rerun.metadata["layer_version"].value == 1
+    assert [v.version for v in list_layer_versions(lambda_client, name)] == [1]
+
+    opt = tmp_path / "opt"
+    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
+        archive.extractall(opt)
+    attr_path = (
+        lancedb.connect(str(sample_minified))
+        .open_table("packages")
+        .search()
+        .select(["attr_path"])
+        .limit(50)
+        .to_arrow()["attr_path"][37]
+        .as_py()
+    )
+    answer = run_shipped_handler(
+        opt,
+        [
+            {"queryStringParameters": {"q": attr_path, "limit": "5"}},
+            {"queryStringParameters": {"limit": "5"}},
+        ],
+    )
+    assert Path(answer["module_file"]) == opt / "python" / "fdnix_assets" / "__init__.py"
+    found, bad = answer["responses"]
+    assert found["statusCode"] == 200
+    assert json.loads(found["body"])["results"][0]["attr_path"] == attr_path
+    assert bad["statusCode"] == 400 and "q=" in json.loads(bad["body"])["error"]
+
+
+SHIPPED_HANDLER_SCRIPT = """
+import json, sys
+import fdnix_assets
+from fdnix_assets.lambda_handler import handler
+responses = [handler(event, None) for event in json.loads(sys.argv[1])]
+print(json.dumps({"module_file": fdnix_assets.__file__, "responses": responses}))
+"""
+
+
+def run_shipped_handler(opt: Path, events: list[dict[str, object]]) -> dict[str, Any]:
+    """Calls the handler the way Lambda would: code from <opt>/python, data from the layer.
+
+    ``-S`` skips site-packages processing, so the editable install of this checkout cannot
+    shadow the shipped copy; the venv's site-packages stand in for the dependencies layer.
+    """
+    site_packages = next(p for p in sys.path if p.endswith("site-packages"))
+    environ = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": f"{opt / 'python'}{os.pathsep}{site_packages}",
+        "FDNIX_DATASET_PATH": str(opt / LAYER_DATASET_DIR),
+        "HF_HUB_OFFLINE": "1",
+        "LANCEDB_LOG": "error",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-S", "-c", SHIPPED_HANDLER_SCRIPT, json.dumps(events)],
+        cwd=opt,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
