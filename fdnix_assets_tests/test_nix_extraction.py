@@ -795,9 +795,13 @@ def test_a_dump_over_http(
 ) -> None:
     base, root, authorizations = http_root
     (root / "packages.json.zst").write_bytes(zstandard.ZstdCompressor().compress(listing_bytes))
-    listing = fetch_dump(f"{base}/packages.json.zst", tmp_path / "work", log=lambda _: None)
-    assert listing.read_bytes() == listing_bytes
-    assert authorizations == [None]
+    (root / "packages.json").write_bytes(listing_bytes)
+    for name in ("packages.json.zst", "packages.json"):
+        work = tmp_path / f"work-{name}"
+        listing = fetch_dump(f"{base}/{name}", work, log=lambda _: None)
+        assert listing.read_bytes() == listing_bytes
+        assert list(work.iterdir()) == [listing.path]
+    assert authorizations == [None, None]
 
 
 def test_http_credentials_are_sent_as_basic_auth_and_never_shown(
