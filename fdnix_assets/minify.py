@@ -1,0 +1,482 @@
+"""The minified dataset: what a search needs from the main dataset, indexed for search.
+
+From the main dataset's ``packages`` table this keeps the columns a result shows and the
+ones ranking and filters read, in compact forms:
+
+- licenses as SPDX ids (or nixpkgs short names when a license has none), maintainers as
+  GitHub handles (or names), the homepage as one URL;
+- platforms as a small integer naming one of the few distinct platform lists (the fixture's
+  120k packages use 20 lists of ~35 platforms each; as strings they would be 58 MB), with
+  the lists themselves in the table's schema metadata;
+- the long description cut to :data:`LONG_DESCRIPTION_CHARS`, enough for the words an
+  intent query uses;
+- ``names``: the words of the attribute path, name and main program, split on ``.``, ``-``,
+  ``_`` and camel case, so ``python313Packages.requests`` is found by ``requests`` and
+  ``python``;
+- the vector as float16 (half the bytes, no measurable loss in ranking; see
+  benchmarks/search_bench.py), optionally projected to fewer dimensions by PCA whose matrix
+  travels in the schema metadata so queries are projected the same way.
+
+It then builds the full-text indexes (names, description, long description) and the vector
+index, and records the embedding provenance so search can refuse a query model that differs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from fdnix_assets import search as fmt
+from fdnix_assets.embedding.vector_index import build_vector_index, plan_vector_index
+
+if TYPE_CHECKING:
+    from lancedb.index import FTS
+
+LONG_DESCRIPTION_CHARS = 600
+DESCRIPTION_CHARS = 1_000
+HOMEPAGE_CHARS = 500
+# LanceDB's FTS languages that have both a stemmer and a stop-word list.
+FTS_LANGUAGES = (
+    "danish",
+    "dutch",
+    "english",
+    "finnish",
+    "french",
+    "german",
+    "hungarian",
+    "italian",
+    "norwegian",
+    "portuguese",
+    "russian",
+    "spanish",
+    "swedish",
+)
+MAIN_COLUMNS = [
+    "attr_path",
+    "pname",
+    "version",
+    "description",
+    "long_description",
+    "homepages",
+    "main_program",
+    "licenses",
+    "maintainers",
+    "platforms",
+    "bad_platforms",
+    "position",
+    "broken",
+    "insecure",
+    "unfree",
+    "unsupported",
+]
+PCA_SAMPLE_ROWS = 50_000
+
+
+class MinifyError(ValueError):
+    """The main dataset or the options cannot make a minified dataset; says which and why."""
+
+
+@dataclass(frozen=True)
+class MinifyOptions:
+    """How the minified dataset is built. Defaults are what the benchmark measured best."""
+
+    fts_stopwords: str | None = "english"
+    fts_stemmer: str | None = "english"
+    vector_dimensions: int | None = None
+    vector_index_partitions: int | None = None
+    vector_index_sub_vectors: int | None = None
+    long_description_chars: int = LONG_DESCRIPTION_CHARS
+
+
+@dataclass
+class MinifyReport:
+    """What was built, for materialization metadata and the benchmark."""
+
+    rows: int
+    vectors: int
+    vector_dimensions: int
+    source_dimensions: int
+    total_bytes: int
+    column_bytes: dict[str, int]
+    index_bytes: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+    vector_index: str = ""
+
+    @property
+    def fts_index_seconds(self) -> float:
+        return self.seconds.get("fts_indexes", 0.0)
+
+
+def fts_language(stopwords: str | None, stemmer: str | None) -> str | None:
+    """The one LanceDB FTS language both settings name (they share it), or None if neither."""
+    chosen = {name.strip().lower() for name in (stopwords, stemmer) if name and name.strip()}
+    if not chosen:
+        return None
+    if len(chosen) > 1:
+        raise MinifyError(
+            f"FTS_STOPWORDS={stopwords!r} and FTS_STEMMER={stemmer!r} name different languages; "
+            "LanceDB's full-text index uses one language for both (or leave one empty)"
+        )
+    language = chosen.pop()
+    if language not in FTS_LANGUAGES:
+        variable = (
+            "FTS_STEMMER" if stemmer and stemmer.strip().lower() == language else "FTS_STOPWORDS"
+        )
+        raise MinifyError(
+            f"{variable}={language!r} is not a language LanceDB's full-text index supports: "
+            + ", ".join(FTS_LANGUAGES)
+        )
+    return language
+
+
+def fts_configs(options: MinifyOptions) -> dict[str, FTS]:
+    """One native FTS index per searched column, with the stemmer and stop words configured.
+
+    Names are never stemmed (``rust`` is not ``rusty``) but lose stop words, so the ``a`` of
+    "take a screenshot" does not find ``hex-a-hop``.
+    """
+    from lancedb.index import FTS
+
+    language = fts_language(options.fts_stopwords, options.fts_stemmer) or "english"
+    stop = options.fts_stopwords is not None and options.fts_stopwords.strip() != ""
+    stem = options.fts_stemmer is not None and options.fts_stemmer.strip() != ""
+    text = FTS(
+        language=language.capitalize(),
+        stem=stem,
+        remove_stop_words=stop,
+        ascii_folding=True,
+        with_position=False,
+    )
+    names = FTS(
+        language=language.capitalize(), stem=False, remove_stop_words=stop, ascii_folding=True
+    )
+    return {
+        fmt.NAMES_COLUMN: names,
+        "description": text,
+        "long_description": text,
+    }
+
+
+def _clip(values: pa.ChunkedArray, chars: int) -> pa.Array:
+    """Cuts each string to ``chars`` characters at a word boundary; nulls stay null."""
+    texts = values.to_pylist()
+    clipped = []
+    for text in texts:
+        if text is None or len(text) <= chars:
+            clipped.append(text)
+            continue
+        cut = text[:chars]
+        space = cut.rfind(" ")
+        clipped.append(cut[: space if space > chars // 2 else chars].rstrip())
+    return pa.array(clipped, pa.string())
+
+
+def _simple_licenses(licenses: list[dict[str, Any]] | None) -> list[str]:
+    out = []
+    for license_ in licenses or []:
+        label = license_.get("spdx_id") or license_.get("short_name") or license_.get("full_name")
+        if label and label not in out:
+            out.append(label)
+    return out
+
+
+def _simple_maintainers(people: list[dict[str, Any]] | None) -> list[str]:
+    out = []
+    for person in people or []:
+        label = person.get("github") or person.get("name")
+        if label and label not in out:
+            out.append(label)
+    return out
+
+
+def license_aliases(licenses: Iterable[list[dict[str, Any]] | None]) -> dict[str, str]:
+    """Lower-cased SPDX id, short name and full name -> the label the dataset stores."""
+    aliases: dict[str, str] = {}
+    for row in licenses:
+        for license_ in row or []:
+            label = (
+                license_.get("spdx_id") or license_.get("short_name") or license_.get("full_name")
+            )
+            if not label:
+                continue
+            for alias in (
+                license_.get("spdx_id"),
+                license_.get("short_name"),
+                license_.get("full_name"),
+            ):
+                if alias:
+                    aliases.setdefault(alias.lower(), label)
+    return dict(sorted(aliases.items()))
+
+
+def platform_sets(
+    platforms: Sequence[list[str] | None], bad_platforms: Sequence[list[str] | None]
+) -> tuple[np.ndarray, list[dict[str, list[str]]]]:
+    """Each row's platform-set number, and the sets (platforms and bad platforms) by number."""
+    numbers: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
+    column = np.empty(len(platforms), dtype=np.int16)
+    for row, (good, bad) in enumerate(zip(platforms, bad_platforms, strict=True)):
+        key = (tuple(good or ()), tuple(bad or ()))
+        number = numbers.get(key)
+        if number is None:
+            if len(numbers) >= np.iinfo(np.int16).max:
+                raise MinifyError("more than 32,767 distinct platform lists; cannot number them")
+            number = numbers[key] = len(numbers)
+        column[row] = number
+    sets = [{"platforms": list(good), "bad_platforms": list(bad)} for good, bad in numbers]
+    return column, sets
+
+
+def name_words_column(
+    attr_paths: Sequence[str], pnames: Sequence[str | None], programs: Sequence[str | None]
+) -> pa.Array:
+    return pa.array(
+        [
+            " ".join(fmt.name_words(a, p, m))
+            for a, p, m in zip(attr_paths, pnames, programs, strict=True)
+        ],
+        pa.string(),
+    )
+
+
+@dataclass(frozen=True)
+class VectorProjection:
+    """A PCA projection: ``(v - mean) @ components``, then unit length."""
+
+    mean: np.ndarray
+    components: np.ndarray
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        projected = (vectors - self.mean) @ self.components
+        norms = np.linalg.norm(projected, axis=-1, keepdims=True)
+        return projected / np.maximum(norms, 1e-12)
+
+    def to_metadata(self) -> bytes:
+        return json.dumps(
+            {
+                "mean": base64.b64encode(self.mean.astype("<f4").tobytes()).decode(),
+                "components": base64.b64encode(self.components.astype("<f4").tobytes()).decode(),
+                "shape": list(self.components.shape),
+            }
+        ).encode()
+
+
+def fit_projection(vectors: np.ndarray, dimensions: int, seed: int = 0) -> VectorProjection:
+    """PCA of (a sample of) the vectors, keeping ``dimensions`` components."""
+    if dimensions >= vectors.shape[1]:
+        raise MinifyError(
+            f"vector_dimensions={dimensions} must be below the source's {vectors.shape[1]}"
+        )
+    rng = np.random.default_rng(seed)
+    sample = vectors
+    if len(vectors) > PCA_SAMPLE_ROWS:
+        sample = vectors[rng.choice(len(vectors), PCA_SAMPLE_ROWS, replace=False)]
+    mean = sample.mean(axis=0)
+    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+    return VectorProjection(
+        mean=mean.astype(np.float32), components=vt[:dimensions].T.astype(np.float32)
+    )
+
+
+def minified_vectors(
+    vector_column: pa.ChunkedArray, dimensions: int | None
+) -> tuple[pa.Array, VectorProjection | None, int]:
+    """float16 vectors (projected when ``dimensions`` is set) and how many are present."""
+    vectors = vector_column.combine_chunks()
+    valid = np.asarray(vectors.is_valid())
+    source_dimensions = vectors.type.list_size
+    if not valid.any():
+        empty = pa.nulls(len(vectors), fmt.vector_type(dimensions or source_dimensions))
+        return empty, None, 0
+    flat = vectors.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
+    dense = flat.reshape(-1, source_dimensions).astype(np.float32)
+    projection = None
+    if dimensions is not None and dimensions != source_dimensions:
+        projection = fit_projection(dense, dimensions)
+        dense = projection.apply(dense)
+    out_dimensions = dense.shape[1]
+    full = np.zeros((len(vectors), out_dimensions), dtype=np.float16)
+    full[valid] = dense.astype(np.float16)
+    values = pa.array(full.reshape(-1), pa.float16())
+    array = pa.FixedSizeListArray.from_arrays(values, out_dimensions, mask=pa.array(~valid))
+    return array, projection, int(valid.sum())
+
+
+def minify_table(
+    main: pa.Table, options: MinifyOptions, provenance: dict[bytes, bytes]
+) -> tuple[pa.Table, VectorProjection | None, int]:
+    """The minified ``packages`` table (schema metadata included) built from main columns."""
+    missing = [name for name in [*MAIN_COLUMNS, "vector"] if name not in main.column_names]
+    if missing:
+        raise MinifyError(f"the main dataset lacks the columns {', '.join(missing)}")
+    licenses = main["licenses"].to_pylist()
+    platform_column, sets = platform_sets(
+        main["platforms"].to_pylist(), main["bad_platforms"].to_pylist()
+    )
+    homepages = main["homepages"].to_pylist()
+    attr_paths = main["attr_path"].to_pylist()
+    vectors, projection, vector_count = minified_vectors(main["vector"], options.vector_dimensions)
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {
+        "attr_path": main["attr_path"],
+        "pname": main["pname"],
+        "version": main["version"],
+        "description": _clip(main["description"], DESCRIPTION_CHARS),
+        "long_description": _clip(main["long_description"], options.long_description_chars),
+        "homepage": pa.array(
+            [(h[0][:HOMEPAGE_CHARS] if h else None) for h in homepages], pa.string()
+        ),
+        "main_program": main["main_program"],
+        "licenses": pa.array([_simple_licenses(x) for x in licenses], fmt.STRING_LIST),
+        "maintainers": pa.array(
+            [_simple_maintainers(x) for x in main["maintainers"].to_pylist()], fmt.STRING_LIST
+        ),
+        "platform_set": pa.array(platform_column, pa.int16()),
+        "position": main["position"],
+        "broken": main["broken"],
+        "insecure": main["insecure"],
+        "unfree": main["unfree"],
+        "unsupported": main["unsupported"],
+        fmt.NAMES_COLUMN: name_words_column(
+            attr_paths, main["pname"].to_pylist(), main["main_program"].to_pylist()
+        ),
+        "vector": vectors,
+    }
+    table = pa.table(columns, schema=fmt.minified_schema(vectors.type.list_size))
+    metadata = dict(provenance)
+    metadata[fmt.META_FORMAT] = fmt.FORMAT_VERSION.encode()
+    metadata[fmt.META_PLATFORM_SETS] = json.dumps(sets).encode()
+    metadata[fmt.META_LICENSE_ALIASES] = json.dumps(license_aliases(licenses)).encode()
+    metadata[fmt.META_VECTOR_DIMENSIONS] = str(vectors.type.list_size).encode()
+    metadata[fmt.META_VECTOR_COUNT] = str(vector_count).encode()
+    if projection is not None:
+        metadata[fmt.META_VECTOR_PROJECTION] = projection.to_metadata()
+    return table.replace_schema_metadata(metadata), projection, vector_count
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def column_bytes(table: pa.Table, scratch: Path) -> dict[str, int]:
+    """Bytes each column takes on disk, in LanceDB's encoding.
+
+    A Lance data file holds all columns together and LanceDB does not report them apart,
+    so each column is written alone to scratch space and measured.
+    """
+    import lancedb
+
+    sizes = {}
+    for name in table.column_names:
+        target = scratch / name
+        db = lancedb.connect(str(target))
+        db.create_table("c", data=table.select([name]), mode="create", on_bad_vectors="null")
+        sizes[name] = sum(p.stat().st_size for p in (target / "c.lance" / "data").rglob("*"))
+        shutil.rmtree(target, ignore_errors=True)
+    return sizes
+
+
+def index_bytes(table: Any) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for index in table.list_indices():
+        size = getattr(index, "size_bytes", None)
+        sizes[index.name] = int(size or 0)
+    return sizes
+
+
+def build_minified(
+    main_uri: str,
+    target: Path,
+    options: MinifyOptions,
+    storage_options: dict[str, str] | None = None,
+) -> MinifyReport:
+    """Reads the main dataset at ``main_uri`` and writes the minified dataset to ``target``."""
+    import lancedb
+
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    fts_language(options.fts_stopwords, options.fts_stemmer)
+    main_table = lancedb.connect(main_uri, storage_options=storage_options or None).open_table(
+        fmt.TABLE_NAME
+    )
+    provenance = {
+        key: value
+        for key, value in (main_table.schema.metadata or {}).items()
+        if key.startswith(b"fdnix.") and key in fmt.PROVENANCE_KEYS
+    }
+    if fmt.META_EMBEDDING_MODEL not in provenance:
+        raise MinifyError(
+            f"the main dataset at {main_uri} records no embedding model in its schema metadata"
+        )
+    main = main_table.search().select([*MAIN_COLUMNS, "vector"]).limit(None).to_arrow()
+    seconds["read"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    table, _, vector_count = minify_table(main, options, provenance)
+    del main
+    seconds["minify"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    db = lancedb.connect(str(target))
+    packages = db.create_table(fmt.TABLE_NAME, data=table, mode="create", on_bad_vectors="null")
+    db.create_table(
+        fmt.NAME_KEYS_TABLE,
+        data=fmt.name_keys_table(
+            table["attr_path"].to_pylist(),
+            table["pname"].to_pylist(),
+            table["main_program"].to_pylist(),
+        ),
+        mode="create",
+    )
+    seconds["write"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    for column, config in fts_configs(options).items():
+        packages.create_index(column, config=config)
+    seconds["fts_indexes"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    dimensions = table.schema.field("vector").type.list_size
+    index_name = ""
+    try:
+        plan = plan_vector_index(
+            vector_count,
+            dimensions,
+            options.vector_index_partitions,
+            options.vector_index_sub_vectors,
+        )
+    except ValueError as error:
+        raise MinifyError(str(error)) from None
+    if plan is not None:
+        build_vector_index(packages, plan)
+        index_name = (
+            f"IVF_PQ ({plan.partitions} partitions, {plan.sub_vectors} sub-vectors; "
+            f"queried with nprobes {plan.nprobes}, refine factor {plan.refine_factor})"
+        )
+    seconds["vector_index"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - started
+
+    source_dimensions = int(provenance.get(fmt.META_EMBEDDING_DIMENSIONS, b"0") or 0)
+    return MinifyReport(
+        rows=table.num_rows,
+        vectors=vector_count,
+        vector_dimensions=dimensions,
+        source_dimensions=source_dimensions,
+        total_bytes=_dir_bytes(target),
+        column_bytes=column_bytes(table, target.parent / f".{target.name}.columns"),
+        index_bytes=index_bytes(packages)
+        | {fmt.NAME_KEYS_TABLE: _dir_bytes(target / f"{fmt.NAME_KEYS_TABLE}.lance")},
+        seconds={key: round(value, 3) for key, value in seconds.items()},
+        vector_index=index_name,
+    )

@@ -1,0 +1,940 @@
+"""Searching the minified dataset: the one function behind ``fdnix search``, the Lambda
+handler and the benchmark.
+
+A query is answered from four kinds of evidence, each good at what the others miss:
+
+- **names**, matched in memory: the query equals an attribute path, its last segment, the
+  package name or the main program (``git``, ``pytest``, ``rg``), or starts one (``kube``),
+  compared without case or separators (``home assistant`` is ``home-assistant``);
+- **typos** on names: LanceDB's fuzzy match on the name words, re-scored here by the
+  optimal-string-alignment distance (a swapped pair of letters is one typo);
+- **BM25** over the name words, description and long description, with names weighted most;
+- **vector similarity** of the query, embedded with the model the dataset's vectors came
+  from, to the packages' vectors: intent queries ("take a screenshot") share no word with
+  the name.
+
+The evidence is fused into one score per package. Equal scores go to the shorter attribute
+path; broken, insecure, unfree and unsupported packages take a small penalty, so they never
+outrank an equally good healthy package. Filters (licenses, platform, flags) are applied
+inside every retrieval, before the limit.
+
+Only lancedb, pyarrow and numpy are needed, plus :mod:`fdnix_assets.search_embedding`: this
+module is shipped in the Lambda layer without the rest of the package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# LanceDB reads this once, when it loads: without it every query logs a warning about the
+# _distance/_score columns.
+os.environ.setdefault("LANCEDB_LOG", "error")
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from lancedb.query import MatchQuery, MultiMatchQuery
+
+from fdnix_assets.search_embedding import (
+    EmbedderUnavailable,
+    ModelMismatchError,
+    QueryEmbedder,
+    embedder_for,
+)
+
+TABLE_NAME = "packages"
+NAMES_COLUMN = "names"
+NAME_KEYS_TABLE = "name_keys"
+FORMAT_VERSION = "1"
+STRING_LIST = pa.list_(pa.string())
+
+# Schema metadata: the main dataset's provenance keys (same bytes as fdnix_assets.schema,
+# which this module may not import) and what the minified dataset adds.
+META_SOURCE = b"fdnix.source"
+META_EMBEDDING_MODEL = b"fdnix.embedding_model"
+META_EMBEDDING_DIMENSIONS = b"fdnix.embedding_dimensions"
+META_EMBEDDING_BACKEND = b"fdnix.embedding_backend"
+PROVENANCE_KEYS = frozenset(
+    {
+        b"fdnix.schema_version",
+        META_SOURCE,
+        b"fdnix.source_kind",
+        b"fdnix.created_at",
+        META_EMBEDDING_MODEL,
+        META_EMBEDDING_DIMENSIONS,
+        META_EMBEDDING_BACKEND,
+    }
+)
+META_FORMAT = b"fdnix.minified.format"
+META_PLATFORM_SETS = b"fdnix.minified.platform_sets"
+META_LICENSE_ALIASES = b"fdnix.minified.license_aliases"
+META_VECTOR_DIMENSIONS = b"fdnix.minified.vector_dimensions"
+META_VECTOR_PROJECTION = b"fdnix.minified.vector_projection"
+META_VECTOR_COUNT = b"fdnix.minified.vectors"
+# Written on the vector field by fdnix_assets.embedding.vector_index with the index.
+ANN_NPROBES = b"fdnix.ann.nprobes"
+ANN_REFINE_FACTOR = b"fdnix.ann.refine_factor"
+
+FLAGS = ("broken", "insecure", "unfree", "unsupported")
+RESULT_COLUMNS = [
+    "attr_path",
+    "pname",
+    "version",
+    "description",
+    "homepage",
+    "main_program",
+    "licenses",
+    "maintainers",
+    "position",
+    *FLAGS,
+]
+MAX_QUERY_CHARS = 200
+MAX_LIMIT = 100
+MAX_OFFSET = 1_000
+MAX_FILTER_VALUES = 20
+
+# Retrieval depths: how many candidates each kind of evidence contributes.
+TEXT_CANDIDATES = 60
+VECTOR_CANDIDATES = 60
+FUZZY_CANDIDATES = 40
+PREFIX_CANDIDATES = 40
+DEFAULT_NPROBES = 20
+DEFAULT_REFINE_FACTOR = 5
+
+# Field weights for BM25: a word in the name says more than one in a long description.
+TEXT_BOOSTS = {NAMES_COLUMN: 3.0, "description": 1.5, "long_description": 0.6}
+
+# How much each kind of evidence counts in the fused score (see fuse()).
+NAME_WEIGHT = 1.0
+TEXT_WEIGHT = 0.35
+VECTOR_WEIGHT = 0.6
+FLAG_PENALTY = 0.02
+
+_WORD_SPLIT = re.compile(r"[\W_]+", re.UNICODE)
+_CAMEL_PARTS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_NOT_KEY = re.compile(r"[\W_]+", re.UNICODE)
+_SPACES = re.compile(r"\s+")
+
+
+class SearchError(RuntimeError):
+    """The dataset cannot be searched (missing, unreadable, or not a minified dataset)."""
+
+
+class InvalidQuery(ValueError):
+    """A query or filter the caller must change; the message says which and why."""
+
+
+def vector_type(dimensions: int) -> pa.DataType:
+    return pa.list_(pa.field("item", pa.float16()), dimensions)
+
+
+def minified_schema(dimensions: int) -> pa.Schema:
+    """The minified dataset's ``packages`` table."""
+    return pa.schema(
+        [
+            pa.field("attr_path", pa.string(), nullable=False),
+            pa.field("pname", pa.string(), nullable=False),
+            pa.field("version", pa.string(), nullable=False),
+            pa.field("description", pa.string()),
+            pa.field("long_description", pa.string()),
+            pa.field("homepage", pa.string()),
+            pa.field("main_program", pa.string()),
+            pa.field("licenses", STRING_LIST),
+            pa.field("maintainers", STRING_LIST),
+            pa.field("platform_set", pa.int16(), nullable=False),
+            pa.field("position", pa.string()),
+            pa.field("broken", pa.bool_(), nullable=False),
+            pa.field("insecure", pa.bool_(), nullable=False),
+            pa.field("unfree", pa.bool_(), nullable=False),
+            pa.field("unsupported", pa.bool_(), nullable=False),
+            pa.field(NAMES_COLUMN, pa.string(), nullable=False),
+            pa.field("vector", vector_type(dimensions)),
+        ]
+    )
+
+
+def name_words(*names: str | None) -> list[str]:
+    """The words people type for a package's names, lower case, each once.
+
+    Splits on anything not a letter or digit and on camel case and digits, keeping the whole
+    part too: ``python313Packages.requests`` -> python313packages, python, packages,
+    requests; ``sqlite3`` -> sqlite3, sqlite.
+    """
+    words: dict[str, None] = {}
+    for name in names:
+        if not name:
+            continue
+        for part in _WORD_SPLIT.split(name):
+            if not part:
+                continue
+            words[part.lower()] = None
+            for piece in _CAMEL_PARTS.findall(part):
+                if not piece.isdigit():
+                    words[piece.lower()] = None
+    return list(words)
+
+
+def name_key(text: str) -> str:
+    """How a name is compared: lower case, accents and separators removed."""
+    folded = unicodedata.normalize("NFKD", text.lower())
+    return _NOT_KEY.sub("", "".join(c for c in folded if not unicodedata.combining(c)))
+
+
+def normalize_query(query: object) -> str:
+    """The query as searched: one line, single spaces; InvalidQuery when empty or too long."""
+    if not isinstance(query, str):
+        raise InvalidQuery("the query must be a string")
+    text = _SPACES.sub(" ", "".join(c if c.isprintable() else " " for c in query)).strip()
+    if not text:
+        raise InvalidQuery("the query is empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidQuery(
+            f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}"
+        )
+    return text
+
+
+def osa_distance(a: str, b: str, limit: int) -> int:
+    """Optimal string alignment distance (a swap of neighbours is one edit), capped at limit+1."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous_previous: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        best = current[0]
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            value = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                value = min(value, previous_previous[j - 2] + 1)
+            current[j] = value
+            best = min(best, value)
+        if best > limit:
+            return limit + 1
+        previous_previous, previous = previous, current
+    return min(previous[-1], limit + 1)
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal; quotes doubled, so no value can end the literal early."""
+    if "\x00" in value:
+        raise InvalidQuery("filter values may not contain NUL characters")
+    return "'" + value.replace("'", "''") + "'"
+
+
+TRI_STATE = {"include": None, "exclude": False, "only": True}
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """Which packages a search may return; everything when left at the defaults.
+
+    ``licenses``: any of these (SPDX ids, nixpkgs short names or full names, any case).
+    ``platform``: packages available on this system (``aarch64-darwin``), by ``meta.platforms``
+    and ``meta.badPlatforms``. Flags: None includes, False excludes, True keeps only those.
+    """
+
+    licenses: tuple[str, ...] = ()
+    platform: str | None = None
+    broken: bool | None = None
+    insecure: bool | None = None
+    unfree: bool | None = None
+    unsupported: bool | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self == SearchFilters()
+
+    def flag_values(self) -> dict[str, bool]:
+        return {name: value for name in FLAGS if (value := getattr(self, name)) is not None}
+
+
+@dataclass
+class SearchResult:
+    attr_path: str
+    pname: str
+    version: str
+    description: str | None
+    score: float
+    homepage: str | None = None
+    main_program: str | None = None
+    licenses: list[str] = field(default_factory=list)
+    maintainers: list[str] = field(default_factory=list)
+    position: str | None = None
+    broken: bool = False
+    insecure: bool = False
+    unfree: bool = False
+    unsupported: bool = False
+    matched: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SearchResponse:
+    """Results best first, plus how they were found."""
+
+    query: str
+    results: list[SearchResult]
+    mode: str
+    note: str | None = None
+    offset: int = 0
+    limit: int = 10
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "mode": self.mode,
+            "note": self.note,
+            "offset": self.offset,
+            "limit": self.limit,
+            "results": [result.as_dict() for result in self.results],
+        }
+
+
+@dataclass
+class _Evidence:
+    name: float = 0.0
+    text: float = 0.0
+    vector: float = 0.0
+    matched: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _Projection:
+    mean: np.ndarray
+    components: np.ndarray
+
+    def apply(self, vector: np.ndarray) -> np.ndarray:
+        projected = (vector - self.mean) @ self.components
+        return projected / max(float(np.linalg.norm(projected)), 1e-12)
+
+    @classmethod
+    def from_metadata(cls, raw: bytes) -> _Projection:
+        import base64
+
+        data = json.loads(raw)
+        shape = tuple(data["shape"])
+        mean = np.frombuffer(base64.b64decode(data["mean"]), dtype="<f4")
+        components = np.frombuffer(base64.b64decode(data["components"]), dtype="<f4")
+        return cls(mean=mean, components=components.reshape(shape))
+
+
+class _NameIndex:
+    """Every name of every package as a comparison key, sorted, for exact and prefix lookup.
+
+    Built by the minify step (table :data:`NAME_KEYS_TABLE`), so opening costs one read.
+    """
+
+    KIND_ATTR_PATH, KIND_LAST_SEGMENT, KIND_PNAME, KIND_PROGRAM = range(4)
+    # How good an exact match on each kind of name is.
+    EXACT_SCORES = (1.0, 0.96, 0.93, 0.9)
+
+    def __init__(self, table: pa.Table) -> None:
+        self.keys: pa.StringArray = table["key"].combine_chunks()
+        self.rows = table["row"].to_numpy()
+        self.kinds = table["kind"].to_numpy()
+        self.key_lengths = pc.utf8_length(self.keys).to_numpy(zero_copy_only=False)
+
+    def _bisect(self, target: str) -> int:
+        low, high = 0, len(self.keys)
+        keys = self.keys
+        while low < high:
+            middle = (low + high) // 2
+            if keys[middle].as_py() < target:
+                low = middle + 1
+            else:
+                high = middle
+        return low
+
+    def exact(self, key: str) -> list[tuple[int, int]]:
+        """(row, kind) of every name equal to ``key``."""
+        start = self._bisect(key)
+        found = []
+        position = start
+        while position < len(self.keys) and self.keys[position].as_py() == key:
+            found.append((int(self.rows[position]), int(self.kinds[position])))
+            position += 1
+        return found
+
+    def prefixed(self, key: str, count: int) -> list[tuple[int, int, int]]:
+        """(row, kind, name length) of the ``count`` shortest names starting with ``key``."""
+        start = self._bisect(key)
+        end = self._bisect(key + "\U0010ffff")
+        if end <= start:
+            return []
+        lengths = self.key_lengths[start:end]
+        if end - start > count:
+            chosen = np.argpartition(lengths, count)[:count]
+        else:
+            chosen = np.arange(end - start)
+        return [
+            (int(self.rows[start + i]), int(self.kinds[start + i]), int(lengths[i])) for i in chosen
+        ]
+
+
+def name_keys_table(
+    attr_paths: Sequence[str], pnames: Sequence[str | None], programs: Sequence[str | None]
+) -> pa.Table:
+    """The sorted name keys of :class:`_NameIndex` (built once, by the minify step)."""
+    keys: list[str] = []
+    rows: list[int] = []
+    kinds: list[int] = []
+    for row, (attr_path, pname, program) in enumerate(
+        zip(attr_paths, pnames, programs, strict=True)
+    ):
+        names = (attr_path, attr_path.rsplit(".", 1)[-1], pname, program)
+        seen: set[str] = set()
+        for kind, name in enumerate(names):
+            if not name:
+                continue
+            key = name_key(name)
+            if key and key not in seen:
+                seen.add(key)
+                keys.append(key)
+                rows.append(row)
+                kinds.append(kind)
+    table = pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "row": pa.array(rows, pa.int32()),
+            "kind": pa.array(kinds, pa.int8()),
+        }
+    )
+    return table.take(pc.sort_indices(table, [("key", "ascending"), ("kind", "ascending")]))
+
+
+class PackageSearch:
+    """An open minified dataset, ready to answer queries (thread-safe, reuse it)."""
+
+    def __init__(
+        self,
+        table: Any,
+        name_keys: pa.Table,
+        uri: str,
+        embedder: QueryEmbedder | None = None,
+        embedder_note: str | None = None,
+    ) -> None:
+        self.table = table
+        self.uri = uri
+        schema = table.schema
+        metadata: Mapping[bytes, bytes] = schema.metadata or {}
+        missing = [n for n in (NAMES_COLUMN, "platform_set", "vector") if n not in schema.names]
+        if missing or META_FORMAT not in metadata:
+            raise SearchError(
+                f"{uri} is not an fdnix minified dataset (table {TABLE_NAME!r} lacks "
+                f"{', '.join(missing) or 'the minified format marker'})"
+            )
+        self.model_id = metadata.get(META_EMBEDDING_MODEL, b"").decode()
+        self.backend = metadata.get(META_EMBEDDING_BACKEND, b"").decode()
+        self.model_dimensions = int(metadata.get(META_EMBEDDING_DIMENSIONS, b"0") or 0)
+        self.vector_dimensions = schema.field("vector").type.list_size
+        self.projection = (
+            _Projection.from_metadata(metadata[META_VECTOR_PROJECTION])
+            if META_VECTOR_PROJECTION in metadata
+            else None
+        )
+        self.platform_sets: list[dict[str, list[str]]] = json.loads(
+            metadata.get(META_PLATFORM_SETS, b"[]")
+        )
+        self.license_aliases: dict[str, str] = json.loads(metadata.get(META_LICENSE_ALIASES, b"{}"))
+        self.has_vector_index = any("vector" in index.columns for index in table.list_indices())
+        self.vector_count = int(metadata.get(META_VECTOR_COUNT, b"0") or 0)
+        vector_metadata = schema.field("vector").metadata or {}
+        self.nprobes = int(vector_metadata.get(ANN_NPROBES, DEFAULT_NPROBES))
+        self.refine_factor = int(vector_metadata.get(ANN_REFINE_FACTOR, DEFAULT_REFINE_FACTOR))
+
+        # What results show and what ranking and filters read stays in memory (about 35 MB
+        # for 120k packages): fetching it per query from the table costs more than a search.
+        loaded = (
+            table.search()
+            .select([*RESULT_COLUMNS, "platform_set"])
+            .with_row_id(True)
+            .limit(None)
+            .to_arrow()
+        )
+        self.row_ids = loaded["_rowid"].to_numpy()
+        self.rows = len(self.row_ids)
+        self.identity_row_ids = bool(np.array_equal(self.row_ids, np.arange(self.rows)))
+        self.columns = {name: loaded[name].combine_chunks() for name in RESULT_COLUMNS}
+        self.names = _NameIndex(name_keys)
+        if len(self.names.rows) and int(self.names.rows.max()) >= self.rows:
+            raise SearchError(f"{uri}: the {NAME_KEYS_TABLE} table does not match {TABLE_NAME}")
+        self.attr_path_lengths = pc.utf8_length(self.columns["attr_path"]).to_numpy()
+        self.flags = {name: self.columns[name].to_numpy(zero_copy_only=False) for name in FLAGS}
+        self.flagged = np.logical_or.reduce([self.flags[name] for name in FLAGS])
+        self.platform_column = loaded["platform_set"].to_numpy()
+        self._mask_cache: dict[SearchFilters, tuple[np.ndarray | None, str | None]] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fdnix-search")
+
+        self.embedder = embedder
+        self.embedder_note = embedder_note
+        if embedder is not None:
+            self.check_embedder(embedder)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        storage_options: Mapping[str, str] | None = None,
+        embedder: QueryEmbedder | None = None,
+        auto_embedder: bool = True,
+    ) -> PackageSearch:
+        """Opens the minified dataset at ``uri`` (a directory or ``s3://`` URI).
+
+        Without an ``embedder``, picks the one the dataset's provenance names; when that is
+        impossible here (no model files, no credentials), searches use the text indexes
+        only and every response says so.
+        """
+        try:
+            db = lancedb.connect(uri, storage_options=dict(storage_options or {}) or None)
+            table = db.open_table(TABLE_NAME)
+            name_keys = db.open_table(NAME_KEYS_TABLE).to_arrow()
+        except Exception as error:
+            raise SearchError(
+                f"cannot open the minified dataset at {uri}: {type(error).__name__}: {error}"
+            ) from None
+        search = cls(table, name_keys, uri, embedder=embedder)
+        if embedder is None and auto_embedder:
+            search._choose_embedder()
+        elif embedder is None:
+            search.embedder_note = "query embedding disabled; results come from text indexes"
+        return search
+
+    def _choose_embedder(self) -> None:
+        if not self.model_id:
+            self.embedder_note = "the dataset records no embedding model; text indexes only"
+            return
+        if self.vector_count == 0:
+            self.embedder_note = "the dataset holds no vectors yet; text indexes only"
+            return
+        try:
+            self.embedder = embedder_for(self.model_id, self.model_dimensions, self.backend)
+        except (EmbedderUnavailable, ModelMismatchError) as error:
+            self.embedder = None
+            self.embedder_note = (
+                f"no query embedding for {self.model_id} here ({error}); "
+                "results come from the text indexes only"
+            )
+
+    def check_embedder(self, embedder: QueryEmbedder) -> None:
+        """Refuses a query embedder whose model or dimension differs from the dataset's."""
+        if embedder.model_id != self.model_id or embedder.dimensions != self.model_dimensions:
+            raise ModelMismatchError(
+                f"the dataset at {self.uri} was embedded with {self.model_id or 'no model'} "
+                f"({self.model_dimensions} dimensions); the query embedder is "
+                f"{embedder.model_id} ({embedder.dimensions} dimensions). Query vectors from "
+                "another model are meaningless against these vectors."
+            )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    # -- filters ---------------------------------------------------------------------------
+
+    def resolve_filters(self, filters: SearchFilters) -> tuple[np.ndarray | None, str | None]:
+        """The rows a filter allows (mask) and the same condition as a LanceDB prefilter.
+
+        Values are checked against what the dataset holds; the SQL is built from those
+        dataset values (escaped), never from the caller's text.
+        """
+        if filters.is_empty:
+            return None, None
+        with self._lock:
+            cached = self._mask_cache.get(filters)
+        if cached is not None:
+            return cached
+        mask = np.ones(self.rows, dtype=bool)
+        clauses = []
+        if filters.licenses:
+            labels = self._license_labels(filters.licenses)
+            clauses.append(
+                "array_has_any(licenses, [" + ", ".join(sql_string(x) for x in labels) + "])"
+            )
+            mask &= self._license_mask(labels)
+        if filters.platform is not None:
+            numbers = self._platform_set_numbers(filters.platform)
+            clauses.append(
+                "platform_set IN (" + ", ".join(str(n) for n in numbers) + ")"
+                if numbers
+                else "false"
+            )
+            mask &= np.isin(self.platform_column, numbers)
+        for name, wanted in filters.flag_values().items():
+            clauses.append(name if wanted else f"NOT {name}")
+            mask &= self.flags[name] == wanted
+        result = (mask, " AND ".join(f"({c})" for c in clauses))
+        with self._lock:
+            if len(self._mask_cache) > 64:
+                self._mask_cache.clear()
+            self._mask_cache[filters] = result
+        return result
+
+    def _license_labels(self, values: Sequence[str]) -> list[str]:
+        if len(values) > MAX_FILTER_VALUES:
+            raise InvalidQuery(f"at most {MAX_FILTER_VALUES} licenses may be given")
+        labels = []
+        for value in values:
+            label = self.license_aliases.get(value.strip().lower())
+            if label is None:
+                raise InvalidQuery(
+                    f"unknown license {value[:60]!r}: use an SPDX id or nixpkgs short name "
+                    "that occurs in the dataset (for example MIT, GPL-3.0-or-later, asl20)"
+                )
+            if label not in labels:
+                labels.append(label)
+        return labels
+
+    def _license_mask(self, labels: list[str]) -> np.ndarray:
+        licenses = self.columns["licenses"]
+        flat = pc.list_flatten(licenses)
+        parents = pc.list_parent_indices(licenses).to_numpy()
+        hits = pc.is_in(flat, value_set=pa.array(labels)).to_numpy(zero_copy_only=False)
+        mask = np.zeros(self.rows, dtype=bool)
+        mask[parents[hits]] = True
+        return mask
+
+    def known_platforms(self) -> set[str]:
+        return {p for entry in self.platform_sets for p in entry["platforms"]}
+
+    def _platform_set_numbers(self, platform: str) -> list[int]:
+        value = platform.strip()
+        known = self.known_platforms()
+        if value not in known:
+            raise InvalidQuery(
+                f"unknown platform {value[:60]!r}: use a Nix system such as x86_64-linux or "
+                "aarch64-darwin"
+            )
+        return [
+            number
+            for number, entry in enumerate(self.platform_sets)
+            if (not entry["platforms"] or value in entry["platforms"])
+            and value not in entry["bad_platforms"]
+        ]
+
+    # -- searching -------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        limit: int = 10,
+        offset: int = 0,
+        filters: SearchFilters | None = None,
+        use_vectors: bool = True,
+        use_text: bool = True,
+        use_names: bool = True,
+    ) -> SearchResponse:
+        """The packages best matching ``query``, best first, after ``offset``, at most ``limit``."""
+        started = time.perf_counter()
+        text = normalize_query(query)
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidQuery(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise InvalidQuery(f"offset must be between 0 and {MAX_OFFSET}, not {offset}")
+        filters = filters or SearchFilters()
+        mask, where = self.resolve_filters(filters)
+        timings: dict[str, float] = {}
+        evidence: dict[int, _Evidence] = {}
+        wanted = offset + limit
+        note = None
+        mode = "hybrid"
+
+        vector_future = None
+        query_vector = None
+        if use_vectors and self.embedder is not None and where != "(false)":
+            vector_future = self._pool.submit(self._vector_candidates, text, where, wanted)
+        elif use_vectors:
+            mode = "text"
+            note = self.embedder_note or "no query embedding available; text indexes only"
+        else:
+            mode = "text"
+
+        if where != "(false)":
+            if use_names:
+                mark = time.perf_counter()
+                exact_found = self._name_candidates(text, mask, evidence)
+                timings["names"] = _ms(mark)
+                if not exact_found and _fuzzy_eligible(text):
+                    mark = time.perf_counter()
+                    self._fuzzy_candidates(text, where, mask, evidence)
+                    timings["fuzzy"] = _ms(mark)
+            if use_text:
+                mark = time.perf_counter()
+                self._text_candidates(text, where, wanted, evidence)
+                timings["text"] = _ms(mark)
+        if vector_future is not None:
+            mark = time.perf_counter()
+            try:
+                query_vector, hits = vector_future.result()
+                for row, similarity in hits:
+                    entry = evidence.setdefault(row, _Evidence())
+                    entry.vector = max(entry.vector, similarity)
+                    entry.matched.add("semantic")
+            except EmbedderUnavailable as error:
+                mode = "text"
+                note = f"query embedding failed ({error}); results come from the text indexes only"
+            timings["vector_wait"] = _ms(mark)
+
+        ranked = self._rank(evidence)
+        page = ranked[offset : offset + limit]
+        mark = time.perf_counter()
+        results = self._materialize(page, evidence)
+        timings["fetch"] = _ms(mark)
+        timings["total"] = _ms(started)
+        del query_vector
+        return SearchResponse(
+            query=text,
+            results=results,
+            mode=mode,
+            note=note,
+            offset=offset,
+            limit=limit,
+            timings_ms=timings,
+        )
+
+    def _name_candidates(
+        self, text: str, mask: np.ndarray | None, evidence: dict[int, _Evidence]
+    ) -> bool:
+        key = name_key(text)
+        if len(key) < 1:
+            return False
+        exact_found = False
+        for row, kind in self.names.exact(key):
+            if mask is not None and not mask[row]:
+                continue
+            entry = evidence.setdefault(row, _Evidence())
+            entry.name = max(entry.name, _NameIndex.EXACT_SCORES[kind])
+            entry.matched.add("exact")
+            exact_found = True
+        if len(key) >= 2:
+            for row, kind, length in self.names.prefixed(key, PREFIX_CANDIDATES):
+                if length == len(key) or (mask is not None and not mask[row]):
+                    continue
+                # A prefix that covers most of the name is nearly an exact match.
+                coverage = len(key) / length
+                score = 0.45 + 0.35 * coverage - 0.02 * kind
+                entry = evidence.setdefault(row, _Evidence())
+                if score > entry.name:
+                    entry.name = score
+                entry.matched.add("prefix")
+        return exact_found
+
+    def _fuzzy_candidates(
+        self, text: str, where: str | None, mask: np.ndarray | None, evidence: dict[int, _Evidence]
+    ) -> None:
+        key = name_key(text)
+        allowed = 1 if len(key) <= 5 else 2
+        query = MatchQuery(text.lower(), NAMES_COLUMN, fuzziness=2, max_expansions=100)
+        builder = self.table.search(query, query_type="fts")
+        if where:
+            builder = builder.where(where, prefilter=True)
+        hits = (
+            builder.limit(FUZZY_CANDIDATES)
+            .select(["attr_path", "pname", "main_program", "_score"])
+            .with_row_id(True)
+            .to_arrow()
+        )
+        for row_id, attr_path, pname, program in zip(
+            hits["_rowid"].to_pylist(),
+            hits["attr_path"].to_pylist(),
+            hits["pname"].to_pylist(),
+            hits["main_program"].to_pylist(),
+            strict=True,
+        ):
+            names = [attr_path.rsplit(".", 1)[-1], pname, program or ""]
+            distance = min(osa_distance(key, name_key(n), allowed) for n in names if n)
+            if distance > allowed:
+                continue
+            row = self._row_of(row_id)
+            if mask is not None and not mask[row]:
+                continue
+            score = 0.78 - 0.18 * (distance - 1) - 0.1 / max(len(key) - 2, 1)
+            entry = evidence.setdefault(row, _Evidence())
+            if score > entry.name:
+                entry.name = score
+            entry.matched.add("typo")
+
+    def _text_candidates(
+        self, text: str, where: str | None, wanted: int, evidence: dict[int, _Evidence]
+    ) -> None:
+        columns = list(TEXT_BOOSTS)
+        query = MultiMatchQuery(text, columns, boosts=[TEXT_BOOSTS[c] for c in columns])
+        builder = self.table.search(query, query_type="fts")
+        if where:
+            builder = builder.where(where, prefilter=True)
+        hits = (
+            builder.limit(max(TEXT_CANDIDATES, wanted))
+            .select(["_score"])
+            .with_row_id(True)
+            .to_arrow()
+        )
+        if hits.num_rows == 0:
+            return
+        scores = hits["_score"].to_numpy()
+        top = float(scores.max()) or 1.0
+        for row_id, score in zip(hits["_rowid"].to_pylist(), scores, strict=True):
+            entry = evidence.setdefault(self._row_of(row_id), _Evidence())
+            entry.text = max(entry.text, float(score) / top)
+            entry.matched.add("text")
+
+    def _vector_candidates(
+        self, text: str, where: str | None, wanted: int
+    ) -> tuple[np.ndarray, list[tuple[int, float]]]:
+        assert self.embedder is not None
+        vector = self.embedder.embed(text)
+        if vector.shape != (self.model_dimensions,):
+            raise ModelMismatchError(
+                f"the query embedder returned {vector.shape[0]} dimensions; the dataset's "
+                f"model has {self.model_dimensions}"
+            )
+        if self.projection is not None:
+            vector = self.projection.apply(vector)
+        builder = self.table.search(
+            vector.astype(np.float32), vector_column_name="vector"
+        ).distance_type("cosine")
+        if self.has_vector_index:
+            builder = builder.nprobes(self.nprobes).refine_factor(self.refine_factor)
+        if where:
+            builder = builder.where(where, prefilter=True)
+        hits = (
+            builder.limit(max(VECTOR_CANDIDATES, wanted))
+            .select(["_distance"])
+            .with_row_id(True)
+            .to_arrow()
+        )
+        found = [
+            (self._row_of(row_id), 1.0 - float(distance))
+            for row_id, distance in zip(
+                hits["_rowid"].to_pylist(), hits["_distance"].to_pylist(), strict=True
+            )
+        ]
+        return vector, found
+
+    def _row_of(self, row_id: int) -> int:
+        if self.identity_row_ids:
+            return int(row_id)
+        return int(np.searchsorted(self.row_ids, row_id))
+
+    def _rank(self, evidence: dict[int, _Evidence]) -> list[tuple[int, float]]:
+        if not evidence:
+            return []
+        rows = np.fromiter(evidence.keys(), dtype=np.int64, count=len(evidence))
+        name = np.fromiter((e.name for e in evidence.values()), dtype=np.float64, count=len(rows))
+        text = np.fromiter((e.text for e in evidence.values()), dtype=np.float64, count=len(rows))
+        vector = np.fromiter(
+            (e.vector for e in evidence.values()), dtype=np.float64, count=len(rows)
+        )
+        scores = fuse(name, text, vector) - FLAG_PENALTY * self.flagged[rows]
+        scores = np.round(scores, 6)
+        order = np.lexsort((rows, self.attr_path_lengths[rows], self.flagged[rows], -scores))
+        return [(int(rows[i]), float(scores[i])) for i in order]
+
+    def _materialize(
+        self, page: list[tuple[int, float]], evidence: dict[int, _Evidence]
+    ) -> list[SearchResult]:
+        results = []
+        for row, score in page:
+            record = {name: column[row].as_py() for name, column in self.columns.items()}
+            record["licenses"] = record["licenses"] or []
+            record["maintainers"] = record["maintainers"] or []
+            results.append(
+                SearchResult(**record, score=round(score, 4), matched=sorted(evidence[row].matched))
+            )
+        return results
+
+
+def fuse(name: np.ndarray, text: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """One relevance score from the name, BM25 and vector evidence (each 0..1).
+
+    Names dominate (an exact name is what a person typing it means); BM25 and the vector
+    add up, so a package both described by the query's words and close in meaning beats one
+    that is only either. The vector counts from a floor: unrelated texts still have a
+    cosine similarity of 0.1-0.3 with MiniLM.
+    """
+    semantic = np.clip((vector - 0.2) / 0.6, 0.0, 1.0)
+    return NAME_WEIGHT * name + TEXT_WEIGHT * text + VECTOR_WEIGHT * semantic
+
+
+def _fuzzy_eligible(text: str) -> bool:
+    """Typos are looked for in one-word queries: a name, not a sentence."""
+    return " " not in text and 4 <= len(name_key(text)) <= 40
+
+
+def _ms(mark: float) -> float:
+    return round((time.perf_counter() - mark) * 1000, 2)
+
+
+_OPEN: dict[tuple[str, tuple[tuple[str, str], ...]], PackageSearch] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_search(uri: str, storage_options: Mapping[str, str] | None = None) -> PackageSearch:
+    """The process's open :class:`PackageSearch` for ``uri``, opened on first use."""
+    key = (uri, tuple(sorted((storage_options or {}).items())))
+    with _OPEN_LOCK:
+        search = _OPEN.get(key)
+        if search is None:
+            search = PackageSearch.open(uri, storage_options)
+            _OPEN[key] = search
+    return search
+
+
+def search(
+    uri: str,
+    query: str,
+    limit: int = 10,
+    offset: int = 0,
+    filters: SearchFilters | None = None,
+    storage_options: Mapping[str, str] | None = None,
+) -> SearchResponse:
+    """Searches the minified dataset at ``uri`` (opened once per process)."""
+    return open_search(uri, storage_options).search(
+        query, limit=limit, offset=offset, filters=filters
+    )
+
+
+def parse_flag_filter(name: str, value: str) -> bool | None:
+    """``include`` / ``exclude`` / ``only`` (or true/false) for one flag filter."""
+    lowered = value.strip().lower()
+    if lowered in TRI_STATE:
+        return TRI_STATE[lowered]
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise InvalidQuery(f"{name}={value[:40]!r} must be include, exclude or only")
+
+
+def iter_unique(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+__all__ = [
+    "InvalidQuery",
+    "ModelMismatchError",
+    "PackageSearch",
+    "SearchError",
+    "SearchFilters",
+    "SearchResponse",
+    "SearchResult",
+    "math",
+    "open_search",
+    "search",
+]

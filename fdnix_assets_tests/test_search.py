@@ -1,0 +1,276 @@
+"""Search over the 2k-package sample embedded with the local model, and hand-made datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fdnix_assets.search import (
+    InvalidQuery,
+    ModelMismatchError,
+    PackageSearch,
+    SearchFilters,
+    name_key,
+    name_words,
+    osa_distance,
+)
+from fdnix_assets.search_embedding import BedrockQueryEmbedder, local_embedder
+
+from . import search_support
+from .conftest import DEV_QUERIES
+
+
+@pytest.fixture(scope="session")
+def minified_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return search_support.sample_minified(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def engine(minified_sample: Path) -> PackageSearch:
+    return PackageSearch.open(str(minified_sample))
+
+
+def top(engine: PackageSearch, query: str, limit: int = 10, **kwargs: object) -> list[str]:
+    return [r.attr_path for r in engine.search(query, limit=limit, **kwargs).results]
+
+
+def test_name_words_split_paths_names_and_camel_case() -> None:
+    words = name_words("python313Packages.requests", "python3.13-requests", None)
+    assert {"python313packages", "python", "packages", "requests"} <= set(words)
+    assert "sqlite" in name_words("sqlite3") and "sqlite3" in name_words("sqlite3")
+    assert name_words("gitFull") == ["gitfull", "git", "full"]
+    assert name_key("Home-Assistant") == name_key("home assistant") == "homeassistant"
+
+
+def test_osa_distance_counts_a_swap_as_one_edit() -> None:
+    assert osa_distance("memcahced", "memcached", 2) == 1
+    assert osa_distance("gnumerc", "gnumeric", 2) == 1
+    assert osa_distance("tmux", "tmux", 1) == 0
+    assert osa_distance("abcdef", "uvwxyz", 2) == 3
+
+
+def test_numpy_minilm_matches_sentence_transformers() -> None:
+    from fdnix_assets.embedding.local import load_minilm
+
+    queries = ["git", "take a screenshot", "Café Ünïcode 日本語", "x " * 300]
+    reference = load_minilm().encode(queries, normalize_embeddings=True, convert_to_numpy=True)
+    embedder = local_embedder()
+    for query, expected in zip(queries, reference, strict=True):
+        embedder.clear_cache()
+        vector = embedder.embed(query)
+        assert vector.shape == (384,) and vector.dtype == np.float32
+        assert float(vector @ expected) > 0.9999, query
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("git", "git"),
+        ("pytest", "python313Packages.pytest"),
+        ("sqlite3", "sqlite3"),
+        ("python313Packages.pytest", "python313Packages.pytest"),
+        ("memcahced", "memcached"),
+        ("gnumerc", "gnumeric"),
+        ("gnumeri", "gnumeric"),
+        ("GIT", "git"),
+    ],
+)
+def test_names_prefixes_and_typos_come_first(
+    engine: PackageSearch, query: str, expected: str
+) -> None:
+    assert top(engine, query)[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "relevant"),
+    [
+        ("take a screenshot", {"flameshot", "scrot", "maim"}),
+        ("text based web browser", {"lynx", "w3m", "elinks"}),
+        ("ban ip addresses after failed logins", {"fail2ban"}),
+        ("javascript test framework", {"nodePackages.jest", "nodePackages.mocha"}),
+    ],
+)
+def test_multi_word_and_intent_queries(engine: PackageSearch, query: str, relevant: set) -> None:
+    assert relevant & set(top(engine, query, limit=5))
+
+
+def test_dev_queries_on_the_sample_are_found(engine: PackageSearch) -> None:
+    queries = [json.loads(line) for line in DEV_QUERIES.read_text().splitlines() if line.strip()]
+    found = sum(bool(set(q["relevant"]) & set(top(engine, q["query"]))) for q in queries)
+    assert found == len(queries)
+
+
+def test_results_carry_what_a_person_needs(engine: PackageSearch) -> None:
+    response = engine.search("memcached", limit=3)
+    assert response.mode == "hybrid" and response.note is None
+    first = response.results[0].as_dict()
+    assert first["attr_path"] == "memcached"
+    assert first["version"] and first["description"] and first["licenses"]
+    assert first["score"] >= response.results[1].score
+    assert "exact" in first["matched"]
+
+
+def test_offset_pages_through_the_same_ranking(engine: PackageSearch) -> None:
+    everything = top(engine, "python http client", limit=10)
+    assert top(engine, "python http client", limit=5, offset=5) == everything[5:]
+
+
+def test_license_filter_applies_before_the_limit(engine: PackageSearch) -> None:
+    response = engine.search("python", limit=10, filters=SearchFilters(licenses=("asl20",)))
+    assert len(response.results) == 10
+    assert all("Apache-2.0" in r.licenses for r in response.results)
+    unfiltered = engine.search("python", limit=10)
+    assert any("Apache-2.0" not in r.licenses for r in unfiltered.results)
+
+
+def test_flag_filters_include_exclude_and_only(engine: PackageSearch) -> None:
+    only = engine.search("library", limit=10, filters=SearchFilters(broken=True)).results
+    assert only and all(r.broken for r in only)
+    excluded = engine.search("library", limit=20, filters=SearchFilters(broken=False)).results
+    assert excluded and not any(r.broken for r in excluded)
+
+
+def test_platform_filter_keeps_packages_available_there(engine: PackageSearch) -> None:
+    darwin = engine.search("git", limit=10, filters=SearchFilters(platform="aarch64-darwin"))
+    assert darwin.results
+    for result in darwin.results:
+        row = engine.columns["attr_path"].to_pylist().index(result.attr_path)
+        entry = engine.platform_sets[int(engine.platform_column[row])]
+        assert not entry["platforms"] or "aarch64-darwin" in entry["platforms"]
+        assert "aarch64-darwin" not in entry["bad_platforms"]
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        SearchFilters(licenses=("MIT') OR true --",)),
+        SearchFilters(licenses=("nonsense-license",)),
+        SearchFilters(platform="x86_64-linux' OR 1=1"),
+    ],
+)
+def test_unknown_filter_values_are_refused_not_interpolated(
+    engine: PackageSearch, filters: SearchFilters
+) -> None:
+    with pytest.raises(InvalidQuery, match="unknown"):
+        engine.search("git", filters=filters)
+
+
+def test_hostile_query_text_is_only_text(engine: PackageSearch) -> None:
+    rows = engine.table.count_rows()
+    for query in ["'; DROP TABLE packages; --", 'git" OR 1=1', "%00\\x00 ) OR (", "*" * 200]:
+        engine.search(query, limit=5)
+    assert engine.table.count_rows() == rows
+
+
+@pytest.mark.parametrize(
+    ("query", "limit", "offset", "message"),
+    [
+        ("", 10, 0, "empty"),
+        ("   \n\t", 10, 0, "empty"),
+        ("x" * 201, 10, 0, "limit is 200"),
+        ("git", 0, 0, "limit"),
+        ("git", 101, 0, "limit"),
+        ("git", 10, -1, "offset"),
+    ],
+)
+def test_invalid_queries_say_what_is_wrong(
+    engine: PackageSearch, query: str, limit: int, offset: int, message: str
+) -> None:
+    with pytest.raises(InvalidQuery, match=message):
+        engine.search(query, limit=limit, offset=offset)
+
+
+def test_a_different_query_model_is_refused(minified_sample: Path) -> None:
+    titan = BedrockQueryEmbedder("amazon.titan-embed-text-v2:0", 256, region="us-east-1")
+    with pytest.raises(ModelMismatchError, match="all-MiniLM-L6-v2"):
+        PackageSearch.open(str(minified_sample), embedder=titan)
+
+
+def test_without_the_model_files_search_is_text_only_and_says_so(
+    minified_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FDNIX_MINILM_DIR", str(tmp_path / "no-model-here"))
+    search = PackageSearch.open(str(minified_sample))
+    response = search.search("memcahced", limit=5)
+    assert response.mode == "text"
+    assert "text indexes only" in (response.note or "")
+    assert response.results[0].attr_path == "memcached"
+
+
+def _tie_entries() -> tuple[list, dict]:
+    """Groups of packages equally good for a query: same description, same vector."""
+    entries, vectors = [], {}
+    groups = {
+        "frobnicates widgets quickly": [("zz", {}), ("aaa", {})],
+        "polishes gadgets brightly": [("bbb1", {"broken": True}), ("bbb2", {})],
+        "untangles cables patiently": [("ccc1", {"insecure": True}), ("ccc2", {})],
+        "waters plants reliably": [("ddd1", {"unfree": True}), ("ddd2", {})],
+    }
+    for seed, (description, members) in enumerate(groups.items()):
+        for attr_path, flags in members:
+            entries.append(search_support.package(attr_path, description.capitalize(), **flags))
+            vectors[attr_path] = search_support.unit(seed)
+    return entries, vectors
+
+
+def test_ties_go_to_shorter_paths_and_healthy_packages(tmp_path: Path) -> None:
+    entries, vectors = _tie_entries()
+    path = search_support.listing_dataset(tmp_path, "ties", entries, vectors)
+    search = PackageSearch.open(str(path))
+    assert top(search, "frobnicates widgets")[:2] == ["zz", "aaa"]
+    assert top(search, "polishes gadgets")[:2] == ["bbb2", "bbb1"]
+    assert top(search, "untangles cables")[:2] == ["ccc2", "ccc1"]
+    assert top(search, "waters plants")[:2] == ["ddd2", "ddd1"]
+    # The flagged package is still found, just not ahead of its healthy twin.
+    assert "bbb1" in top(search, "polishes gadgets", filters=SearchFilters(broken=True))
+
+
+def test_bedrock_dataset_embeds_queries_with_invoke_model(
+    tmp_path: Path, bedrock_standin: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .bedrock_standin import titan_embedding
+
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    entries = [
+        search_support.package("qux", "Turns coffee into code"),
+        search_support.package("quux", "Paints fences white"),
+        search_support.package("corge", "Sorts socks by colour"),
+    ]
+    texts = {"qux": "a tool for programmers", "quux": "garden work", "corge": "laundry help"}
+    vectors = {a: np.asarray(titan_embedding(t, 256), np.float32) for a, t in texts.items()}
+    path = search_support.listing_dataset(
+        tmp_path, "titan", entries, vectors, "amazon.titan-embed-text-v2:0", 256, "bedrock"
+    )
+    search = PackageSearch.open(str(path))
+    assert isinstance(search.embedder, BedrockQueryEmbedder)
+    response = search.search("garden work", limit=3)
+    assert response.mode == "hybrid"
+    # No word in common with any description: only the vector can put quux first.
+    assert response.results[0].attr_path == "quux"
+    assert response.results[0].matched == ["semantic"]
+    assert bedrock_standin.invoke_model_calls >= 1  # type: ignore[attr-defined]
+
+
+def test_bedrock_unreachable_falls_back_to_text(
+    tmp_path: Path, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .conftest import free_port
+
+    # Nothing listens there: InvokeModel fails at once, as when Bedrock is unreachable.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", f"http://127.0.0.1:{free_port()}")
+    vectors = {"qux": search_support.unit(1, 256), "quux": search_support.unit(2, 256)}
+    entries = [
+        search_support.package("qux", "Turns coffee into code"),
+        search_support.package("quux", "Paints fences white"),
+    ]
+    path = search_support.listing_dataset(
+        tmp_path, "titan", entries, vectors, "amazon.titan-embed-text-v2:0", 256, "bedrock"
+    )
+    search = PackageSearch.open(str(path))
+    response = search.search("fences", limit=3)
+    assert response.mode == "text"
+    assert "InvokeModel" in (response.note or "")
+    assert response.results[0].attr_path == "quux"
