@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dagster import AssetKey
 from dagster._config import process_config, resolve_to_config_type
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.instance.ref import InstanceRef
@@ -37,6 +38,7 @@ LOCAL_INSTANCE = REPO_ROOT / "dagster.yaml"
 REQUIREMENTS_LOCK = REPO_ROOT / "requirements.lock"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 DATASET_PREFIX_TAG = "fdnix/dataset-prefix"
+DATASETS_POOL = "fdnix_datasets"
 DAGSTER_SERVICES = ("user_code", "webserver", "daemon")
 
 # SPEC "Environment variables": the original indexer's names and the ones added here.
@@ -307,15 +309,17 @@ def test_dependencies_install_from_the_pinned_lock_with_torch_for_the_cpu(
 
 def test_compose_has_the_four_services_with_healthchecks(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) >= {"postgres", *DAGSTER_SERVICES}
-    for name, service in services.items():
-        check = service.get("healthcheck", {})
+    assert set(services) == {"postgres", "instance_setup", *DAGSTER_SERVICES}
+    for name in ("postgres", *DAGSTER_SERVICES):
+        check = services[name].get("healthcheck", {})
         assert check.get("test"), f"service {name} has no healthcheck"
         assert check["test"][0] in ("CMD", "CMD-SHELL"), f"{name}: healthcheck form"
+    # The one-shot setup is judged by its exit code, and never restarted.
+    assert services["instance_setup"]["restart"] == "no"
 
     image = services["postgres"]["image"]
     assert ":" in image and not image.endswith(":latest"), f"postgres image {image} not pinned"
-    for name in DAGSTER_SERVICES:
+    for name in ("instance_setup", *DAGSTER_SERVICES):
         build = services[name]["build"]
         assert (COMPOSE_FILE.parent / build["context"] / build["dockerfile"]).resolve() == (
             DOCKERFILE.resolve()
@@ -324,12 +328,23 @@ def test_compose_has_the_four_services_with_healthchecks(compose: dict[str, Any]
 
 def test_compose_services_start_in_order_of_health(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert services["user_code"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    postgres_healthy = {"postgres": {"condition": "service_healthy"}}
+    assert services["user_code"]["depends_on"] == postgres_healthy
+    assert services["instance_setup"]["depends_on"] == postgres_healthy
     for name in ("webserver", "daemon"):
         assert services[name]["depends_on"] == {
             "postgres": {"condition": "service_healthy"},
+            "instance_setup": {"condition": "service_completed_successfully"},
             "user_code": {"condition": "service_healthy"},
         }
+
+
+def test_instance_setup_gives_the_datasets_pool_its_slot(compose: dict[str, Any]) -> None:
+    command = compose["services"]["instance_setup"]["entrypoint"]
+    assert command[:2] == ["sh", "-c"]
+    steps = [shlex.split(step) for step in command[2].split("&&")]
+    assert ["dagster", "instance", "migrate"] in steps
+    assert ["dagster", "instance", "concurrency", "set", DATASETS_POOL, "1"] in steps
 
 
 def test_compose_dagster_services_share_the_deployment_instance(
@@ -337,7 +352,7 @@ def test_compose_dagster_services_share_the_deployment_instance(
 ) -> None:
     services = compose["services"]
     copies = {copy_sources(i)[1]: copy_sources(i)[0] for i in dockerfile if i.keyword == "COPY"}
-    for name in DAGSTER_SERVICES:
+    for name in ("instance_setup", *DAGSTER_SERVICES):
         env = services[name]["environment"]
         home = env["DAGSTER_HOME"]
         assert copies[f"{home}/dagster.yaml"] == ["docker/dagster.yaml"]
@@ -435,11 +450,7 @@ def test_one_run_at_a_time_per_dataset_prefix(
 ) -> None:
     """Two runs tagged with the same prefix never run together; other prefixes do."""
     config = instance_config(instance_file, tmp_path, monkeypatch)
-    limits = (
-        config["run_coordinator"]["config"]["tag_concurrency_limits"]
-        if "run_coordinator" in config
-        else config["concurrency"]["runs"]["tag_concurrency_limits"]
-    )
+    limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
 
     class Run:
         def __init__(self, prefix: str) -> None:
@@ -452,3 +463,23 @@ def test_one_run_at_a_time_per_dataset_prefix(
 
     assert counter.is_blocked(same_prefix)
     assert not counter.is_blocked(other_prefix)
+
+
+@pytest.mark.parametrize(
+    "instance_file", [DEPLOY_INSTANCE, LOCAL_INSTANCE], ids=["deploy", "local"]
+)
+def test_dataset_writing_runs_hold_their_pool_for_the_whole_run(
+    instance_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One slot per pool, held per run: runs of assets in a pool never overlap."""
+    config = instance_config(instance_file, tmp_path, monkeypatch)
+    assert config["concurrency"]["pools"] == {"granularity": "run", "default_limit": 1}
+    # Both instances load with the guard (Dagster rejects run limits given in two places).
+    InstanceRef.from_dir(str(tmp_path / instance_file.parent.name))
+
+
+def test_the_main_dataset_asset_is_in_the_datasets_pool() -> None:
+    from fdnix_assets.definitions import defs
+
+    node = defs.resolve_asset_graph().get(AssetKey("nixpkgs_packages"))
+    assert node.pools == {DATASETS_POOL}

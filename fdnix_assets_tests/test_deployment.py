@@ -5,9 +5,9 @@ daemon. No container engine runs here, so this test starts each of them as a loc
 process instead: PostgreSQL from Debian's packages, and the three Dagster services with
 the exact commands and healthchecks the compose file gives them (only hosts, ports and
 paths are moved to 127.0.0.1 and a temporary directory), on docker/dagster.yaml. It then
-queues two runs that write the same dataset prefix through the GraphQL API and checks that
-the daemon ran them one after the other, both successfully, with their history in
-PostgreSQL.
+queues two runs that write the same dataset through the GraphQL API and checks that the
+daemon ran them one after the other (the "fdnix_datasets" pool), both successfully, with
+their history in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ POSTGRES_USER = "dagster"
 POSTGRES_DB = "dagster"
 SERVICE_TIMEOUT_SECONDS = 180
 RUN_TIMEOUT_SECONDS = 300
-DATASET_PREFIX_TAG = "fdnix/dataset-prefix"
 # Longer than the dequeue interval in docker/dagster.yaml (5 s).
 LISTING_DELAY_SECONDS = 10
 VENV_BIN = Path(sys.executable).parent
@@ -328,6 +327,11 @@ def deployment(postgres: Postgres, slow_listing: str, tmp_path: Path) -> Iterato
 
     try:
         # The order compose's depends_on conditions impose.
+        setup = compose_service("instance_setup")["entrypoint"]
+        completed = subprocess.run(
+            setup, env=service_env("instance_setup"), capture_output=True, text=True, timeout=120
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
         start("user_code")
         _wait_until(healthy("user_code"), "user_code", deployment.log_tail)
         start("webserver")
@@ -340,7 +344,7 @@ def deployment(postgres: Postgres, slow_listing: str, tmp_path: Path) -> Iterato
             _stop_group(process)
 
 
-def _launch_metadata_run(deployment: Deployment, prefix: str) -> str:
+def _launch_metadata_run(deployment: Deployment) -> str:
     params = {
         "selector": {
             "repositoryLocationName": "fdnix",
@@ -349,19 +353,18 @@ def _launch_metadata_run(deployment: Deployment, prefix: str) -> str:
         },
         # One process per run keeps the test quick; the guard is about runs, not steps.
         "runConfigData": {"execution": {"config": {"in_process": {}}}},
-        "executionMetadata": {"tags": [{"key": DATASET_PREFIX_TAG, "value": prefix}]},
     }
     result = deployment.graphql(LAUNCH_RUN, {"params": params})["launchRun"]
     assert result["__typename"] == "LaunchRunSuccess", result
     return result["run"]["runId"]
 
 
-def test_compose_services_run_queued_runs_one_at_a_time_per_prefix(
+def test_compose_services_run_dataset_writing_runs_one_at_a_time(
     deployment: Deployment, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    prefix = str(deployment.output_path)
-    first = _launch_metadata_run(deployment, prefix)
-    second = _launch_metadata_run(deployment, prefix)
+    """Two runs queued at once, neither tagged: the pool alone keeps them apart."""
+    first = _launch_metadata_run(deployment)
+    second = _launch_metadata_run(deployment)
 
     for name, value in postgres.env.items():
         monkeypatch.setenv(name, value)
@@ -390,6 +393,6 @@ def test_compose_services_run_queued_runs_one_at_a_time_per_prefix(
     earlier, later = started
     assert earlier.end_time is not None and later.start_time is not None
     assert later.start_time >= earlier.end_time, (
-        "two runs writing the same dataset prefix overlapped: "
+        "two runs writing the same dataset overlapped: "
         f"{earlier.start_time}-{earlier.end_time} and {later.start_time}-{later.end_time}"
     )

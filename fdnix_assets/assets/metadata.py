@@ -72,6 +72,8 @@ def row_drop_problem(new_rows: int, previous_rows: int | None, max_drop: float) 
 @asset(
     key="nixpkgs_packages",
     group_name="fdnix",
+    # One run at a time writes the datasets (pools at run granularity in dagster.yaml).
+    pool="fdnix_datasets",
     kinds={"nix", "lancedb"},
     owners=["team:fdnix"],
     io_manager_key="dataset_io_manager",
