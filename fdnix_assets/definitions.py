@@ -5,16 +5,29 @@ from __future__ import annotations
 from dagster import Definitions
 from dagster_aws.s3 import S3Resource
 
+from fdnix_assets.assets.embeddings import (
+    bedrock_embedding_jobs,
+    package_embeddings,
+    vector_coverage_check,
+    vector_dimension_check,
+)
 from fdnix_assets.assets.metadata import (
     attr_path_unique_and_non_empty,
     nixpkgs_packages,
     row_count_not_collapsed,
 )
-from fdnix_assets.embedding.resource import EmbeddingBackend
+from fdnix_assets.embedding.resource import EmbeddingBackend, VectorIndexSettings
 from fdnix_assets.io_managers import DatasetIOManager
-from fdnix_assets.jobs import full_job, metadata_job
+from fdnix_assets.jobs import (
+    bedrock_submit_job,
+    embedding_ingest_job,
+    embedding_job,
+    full_job,
+    metadata_job,
+)
 from fdnix_assets.resources import DatasetStorage, NixpkgsSource
 from fdnix_assets.schedules import full_job_schedule
+from fdnix_assets.sensors import build_bedrock_batch_sensor
 from fdnix_assets.settings import Settings, load_settings
 
 
@@ -48,15 +61,31 @@ def build_resources(settings: Settings) -> dict[str, object]:
             bedrock_max_wait_time=settings.bedrock_max_wait_time,
             region=settings.aws_region,
         ),
+        "vector_index": VectorIndexSettings(
+            partitions=settings.vector_index_partitions,
+            sub_vectors=settings.vector_index_sub_vectors,
+        ),
     }
 
 
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
-        assets=[nixpkgs_packages],
-        asset_checks=[attr_path_unique_and_non_empty, row_count_not_collapsed],
-        jobs=[metadata_job, full_job],
+        assets=[nixpkgs_packages, package_embeddings, bedrock_embedding_jobs],
+        asset_checks=[
+            attr_path_unique_and_non_empty,
+            row_count_not_collapsed,
+            vector_coverage_check,
+            vector_dimension_check,
+        ],
+        jobs=[
+            metadata_job,
+            full_job,
+            embedding_job,
+            bedrock_submit_job,
+            embedding_ingest_job,
+        ],
         schedules=[full_job_schedule],
+        sensors=[build_bedrock_batch_sensor(settings.bedrock_poll_interval)],
         resources=build_resources(settings),
     )
 
