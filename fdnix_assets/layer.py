@@ -11,8 +11,14 @@ Layout of the layer zip (Lambda unpacks a layer under ``/opt``):
 The runtime dependencies of that code (lancedb, pyarrow, numpy) are *not* in this layer: next
 to a dataset of about 150 MB they do not fit. The function's own package or a separate
 dependencies layer provides them, and the size budget reserves room for them
-(:attr:`SizeBudget.reserved_unzipped_bytes`). Lambda's Python runtime already provides
-boto3.
+(:attr:`SizeBudget.reserved_unzipped_bytes`, 50 MiB unless configured). Lambda's Python
+runtime already provides boto3. Measured here (x86_64, Python 3.11), lancedb 0.40 alone
+installs 187 MB and with pyarrow and numpy 428 MB, above the 250 MB limit without any data:
+as released, they fit only a container-image function (10 GB), which takes no layers but can
+copy this zip's contents to ``/opt`` at build time. The asset warns when the layer plus the
+installed dependencies exceed the limit. The all-MiniLM-L6-v2 files a locally embedded
+dataset needs for query vectors (``FDNIX_MINILM_DIR``, 91 MB) are not in the layer either:
+without them the handler answers from the text indexes and says so.
 
 The zip is deterministic: entries sorted by name, every timestamp 1980-01-01, every file mode
 0644, no extra attributes, the same compressor. Building it twice from the same files gives
@@ -23,7 +29,7 @@ The zip goes through S3 (``ARTIFACTS_BUCKET``, ``layers/<layer name>/<sha256>.zi
 a bucket is configured, whatever its size: one code path, and the upload is verified before
 Lambda reads it. Without a bucket, a zip of at most 50 MB is sent inline in the
 ``PublishLayerVersion`` request; a larger one is refused with a message naming
-``ARTIFACTS_BUCKET``.
+``ARTIFACTS_BUCKET``. Lambda reads the zip only from a bucket in the layer's own region.
 """
 
 from __future__ import annotations
@@ -599,8 +605,9 @@ def publish_layer_zip(
         current, published, upload = newest, False, None
     else:
         upload = None
-        if via_s3:
-            assert request.artifacts_bucket is not None and s3_client is not None
+        if request.artifacts_bucket is not None:
+            if s3_client is None:
+                raise LayerError("publishing through ARTIFACTS_BUCKET needs an S3 client")
             key = layer_zip_key(request.key_prefix, name, layer.sha256)
             ensure_outside_dataset_prefixes(key, request.dataset_prefixes)
             upload = upload_layer_zip(
@@ -632,14 +639,19 @@ def publish_layer_zip(
         log(f"published {current.arn}")
     if request.target.arn and not current.arn.startswith(request.target.arn + ":"):
         log(f"warning: published {current.arn}, not a version of LAYER_ARN {request.target.arn}")
-    deleted = prune_layer_versions(lambda_client, name, request.keep_versions, current.version)
+    # The new version is live by now: a retention failure is reported, not fatal.
+    deleted: list[int] = []
     deleted_zips: list[str] = []
-    if via_s3 and s3_client is not None and request.artifacts_bucket is not None:
-        kept = [v.sha256 for v in list_layer_versions(lambda_client, name)]
-        deleted_zips = prune_layer_zips(
-            s3_client,
-            request.artifacts_bucket,
-            f"{request.key_prefix.strip('/')}/{name}",
-            [sha for sha in [*kept, layer.sha256] if sha],
-        )
+    try:
+        deleted = prune_layer_versions(lambda_client, name, request.keep_versions, current.version)
+        if request.artifacts_bucket is not None and s3_client is not None:
+            kept = [v.sha256 for v in list_layer_versions(lambda_client, name)]
+            deleted_zips = prune_layer_zips(
+                s3_client,
+                request.artifacts_bucket,
+                f"{request.key_prefix.strip('/')}/{name}",
+                [sha for sha in [*kept, layer.sha256] if sha],
+            )
+    except ClientError as error:
+        log(f"warning: deleting old versions of layer {name} failed: {error}")
     return PublishOutcome(current, published, layer, upload, deleted, deleted_zips)

@@ -21,7 +21,14 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pytest
-from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import (
+    AssetCheckKey,
+    AssetSelection,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    define_asset_job,
+)
 from dagster_aws.s3 import S3Resource
 
 from fdnix_assets import lambda_handler
@@ -406,6 +413,30 @@ def test_asset_refuses_a_layer_over_the_size_limit(tmp_path: Path, aws_env: str)
     assert evaluation.metadata["unzipped_limit_bytes"].value == 10_000
     lambda_client, _ = clients(aws_env)
     assert list_layer_versions(lambda_client, "fdnix-small") == []
+
+
+def test_running_only_the_size_check_publishes_nothing(tmp_path: Path, aws_env: str) -> None:
+    definitions = layer_definitions(tmp_path, {"PUBLISH_LAYER": "true", "LAYER_ARN": "fdnix-c"})
+    check_job = define_asset_job(
+        "layer_size_check_job",
+        selection=AssetSelection.checks(AssetCheckKey(LAYER_ASSET, LAYER_SIZE_CHECK)),
+    )
+    result = (
+        Definitions(
+            assets=definitions.assets,
+            asset_checks=definitions.asset_checks,
+            resources=definitions.resources,
+            jobs=[check_job],
+        )
+        .resolve_job_def("layer_size_check_job")
+        .execute_in_process(instance=DagsterInstance.ephemeral())
+    )
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed
+    assert evaluation.metadata["headroom_bytes"].value > 0
+    assert result.get_asset_materialization_events() == []
+    lambda_client, _ = clients(aws_env)
+    assert list_layer_versions(lambda_client, "fdnix-c") == []
 
 
 E2E_PACKAGES = 300

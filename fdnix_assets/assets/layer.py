@@ -184,6 +184,11 @@ def lambda_layer_version(
 
     budget = layer_publisher.budget
     via_s3 = layer_publisher.artifacts_bucket is not None
+    if via_s3 and target.region and target.region != layer_publisher.region:
+        context.log.warning(
+            f"LAYER_ARN is in {target.region} but ARTIFACTS_BUCKET is used from "
+            f"{layer_publisher.region}: Lambda reads a layer zip only from its own region"
+        )
     work_dir = dataset_storage.work_dir / context.run_id / "layer"
     started = time.perf_counter()
     try:
