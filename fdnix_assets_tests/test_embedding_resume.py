@@ -134,3 +134,24 @@ def test_a_model_or_dimension_change_re_embeds_everything(
     data, provenance = read_main(wider)
     assert data.schema.field("vector").type.list_size == 512
     assert provenance is not None and provenance.embedding_dimensions == 512
+
+
+def test_an_embedding_sample_is_the_same_sample_on_every_run(
+    tmp_path: Path, packages: dict[str, Any]
+) -> None:
+    listing = write_listing(tmp_path / "listing.json", packages)
+    settings = local_settings(tmp_path, listing)
+    resources = resources_for(settings)
+    run_metadata(resources)
+    sampled = {"ops": {"package_embeddings": {"config": {"embed_sample": 50}}}}
+
+    first = embedding_metadata(run_embeddings(resources, run_config=sampled))
+    assert first["texts_embedded"] == 50
+    data, _ = read_main(settings)
+    hashes = data["content_hash"].to_pylist()
+    embedded = [h for h, v in zip(hashes, data["vector"].to_pylist(), strict=True) if v is not None]
+    # The sample is the 50 smallest content hashes: spread over the listing, and stable.
+    assert sorted(embedded) == sorted(hashes)[:50]
+
+    assert embedding_metadata(run_embeddings(resources, run_config=sampled))["texts_embedded"] == 0
+    assert embedding_metadata(run_embeddings(resources))["texts_embedded"] == SLICE - 50

@@ -43,7 +43,11 @@ from fdnix_assets.embedding.phase import (
     write_vectors,
 )
 from fdnix_assets.embedding.resource import EmbeddingBackend, VectorIndexSettings
-from fdnix_assets.embedding.vector_index import MIN_ROWS_FOR_INDEX, build_vector_index
+from fdnix_assets.embedding.vector_index import (
+    MIN_ROWS_FOR_INDEX,
+    build_vector_index,
+    index_is_current,
+)
 from fdnix_assets.io_managers import DATASET_METADATA_KEY, StagedDataset
 from fdnix_assets.resources import DatasetStorage
 from fdnix_assets.storage import Snapshot
@@ -62,6 +66,14 @@ class EmbeddingConfig(Config):
             "Failed, Stopped or Expired, submit a new attempt (true) or report that failure "
             "(false; the sensor's ingest run does this, so a failed job surfaces instead of "
             "being paid for again)."
+        ),
+    )
+    embed_sample: int | None = Field(
+        default=None,
+        description=(
+            "Embed only a fixed sample of this many packages (those with the smallest "
+            "content hashes); the others keep a null vector. For benchmarks on machines too "
+            "slow to embed everything (benchmarks/run.py --embed-sample)."
         ),
     )
 
@@ -100,12 +112,13 @@ def package_embeddings(
     try:
         dataset_storage.store("main").checkout(nixpkgs_packages, staged)
         model = _model(embedding_backend)
-        work = find_work(staged, model)
+        work = find_work(staged, model, config.embed_sample)
         if work.reembed_reason:
             context.log.warning(f"re-embedding all {work.rows:,} packages: {work.reembed_reason}")
         context.log.info(
             f"{len(work.requests):,} of {work.rows:,} packages need a vector "
             f"({work.reused:,} kept); backend {model.backend}, model {model.model_id}"
+            + (f"; sample of {config.embed_sample:,} packages" if config.embed_sample else "")
         )
 
         embed_started = time.perf_counter()
@@ -131,11 +144,14 @@ def package_embeddings(
         embed_seconds = time.perf_counter() - embed_started
 
         written = write_vectors(staged, work.requests, vectors, model.dimensions)
-        compact(staged)
+        if written:
+            compact(staged)
         with_vector, rows = vector_coverage(staged)
         plan = vector_index.plan(with_vector, model.dimensions)
         index_seconds = 0.0
-        if plan is None:
+        if plan is not None and index_is_current(open_table(staged), plan):
+            context.log.info("the vector index already covers every vector: kept as it is")
+        elif plan is None:
             context.log.info(
                 f"no vector index: {with_vector:,} vectors are searched exactly "
                 f"(an index pays off from {MIN_ROWS_FOR_INDEX:,}, or VECTOR_INDEX_PARTITIONS=0)"
@@ -165,6 +181,7 @@ def package_embeddings(
             "embedding_dimensions": model.dimensions,
             "embedding_backend": model.backend,
             "reembed_reason": work.reembed_reason or "",
+            "embed_sample": config.embed_sample or 0,
             "vector_coverage": round(with_vector / rows, 6) if rows else 0.0,
             "rows_with_vector": with_vector,
             "vector_index": MetadataValue.json(

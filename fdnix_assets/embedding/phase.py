@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from fdnix_assets import schema as s
-from fdnix_assets.datasets import DatasetProvenance, connect, write_packages
+from fdnix_assets.datasets import DatasetProvenance, connect, read_columns, write_packages
 from fdnix_assets.embedding.bedrock import EmbeddingRequest
 from fdnix_assets.embedding.text import content_hash, embedding_text
 
@@ -126,11 +126,18 @@ def reset_for_model(
     return write_packages(directory, data, new_provenance)
 
 
-def pending_requests(table: Any, model: EmbeddingModel) -> EmbeddingWork:
+def sample_hashes(hashes: list[str], size: int) -> set[str]:
+    """The ``size`` smallest content hashes: a spread-out sample of packages (hashes are
+    uniform) that stays the same from run to run while the texts do."""
+    return set(sorted(hashes)[:size])
+
+
+def pending_requests(table: Any, model: EmbeddingModel, sample: int | None = None) -> EmbeddingWork:
     """The texts ``model`` still has to embed in ``table`` (read only).
 
     Rows without a vector, or every row when the table's vectors belong to another model
-    or dimension (then with the content hashes ``model`` gives them).
+    or dimension (then with the content hashes ``model`` gives them). ``sample`` limits the
+    work to a fixed sample of that many packages (``--embed-sample`` of the benchmark).
     """
     provenance = DatasetProvenance.from_schema(table.schema)
     reason = reembed_reason(provenance, table.schema.field("vector").type, model)
@@ -139,15 +146,23 @@ def pending_requests(table: Any, model: EmbeddingModel) -> EmbeddingWork:
         query = query.where("vector IS NULL")
     pending = query.select(TEXT_COLUMNS).limit(None).to_arrow()
     rows = table.count_rows()
+    requests = requests_from_rows(pending, model)
+    if sample is not None:
+        if reason is None:
+            population = read_columns(table, ["content_hash"])["content_hash"].to_pylist()
+        else:
+            population = [request.content_hash for request in requests]
+        chosen = sample_hashes(population, sample)
+        requests = [request for request in requests if request.content_hash in chosen]
     return EmbeddingWork(
-        requests=requests_from_rows(pending, model),
+        requests=requests,
         rows=rows,
         reused=0 if reason else rows - pending.num_rows,
         reembed_reason=reason,
     )
 
 
-def find_work(directory: Path, model: EmbeddingModel) -> EmbeddingWork:
+def find_work(directory: Path, model: EmbeddingModel, sample: int | None = None) -> EmbeddingWork:
     """Prepares the writable dataset copy at ``directory`` for ``model`` (rewriting it when
     the model or dimension changed) and lists the texts to embed."""
     table = open_table(directory)
@@ -155,7 +170,7 @@ def find_work(directory: Path, model: EmbeddingModel) -> EmbeddingWork:
     reason = reembed_reason(provenance, table.schema.field("vector").type, model)
     if reason is not None:
         table = reset_for_model(directory, table, provenance, model)
-    work = pending_requests(table, model)
+    work = pending_requests(table, model, sample)
     return replace(work, reused=0 if reason else work.reused, reembed_reason=reason)
 
 

@@ -126,6 +126,18 @@ def build_vector_index(table: Any, plan: VectorIndexPlan, column: str = "vector"
     return seconds
 
 
+def index_is_current(table: Any, plan: VectorIndexPlan, column: str = "vector") -> bool:
+    """Whether ``table`` already has this index over every row (so a rerun can keep it)."""
+    metadata = table.schema.field(column).metadata or {}
+    recorded = {key.decode(): value.decode() for key, value in metadata.items()}
+    if any(recorded.get(key) != value for key, value in plan.field_metadata().items()):
+        return False
+    for index in table.list_indices():
+        if list(index.columns) == [column] and index.index_type == "IvfPq":
+            return table.index_stats(index.name).num_unindexed_rows == 0
+    return False
+
+
 def recommended_query_settings(table: Any, column: str = "vector") -> tuple[int, int] | None:
     """(nprobes, refine_factor) the table's index was built for, or None without one."""
     metadata = table.schema.field(column).metadata or {}
