@@ -2,7 +2,7 @@
 # Sets up fdnix on a fresh Debian 12 machine, as root: system packages, a virtualenv in .venv
 # with the pinned dependencies (requirements.lock), and the project itself.
 #   scripts/setup.sh         what running the pipeline and its tests need
-#   scripts/setup.sh --dev   also Chromium, for the browser test of the Dagster UI
+#   scripts/setup.sh --dev   also Chromium and PostgreSQL, for the UI and deployment tests
 # One lock file pins everything (pipeline and test tools), so CI installs exactly what ran here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ dev=false
 [ "${1:-}" = "--dev" ] && dev=true
 
 apt_packages=(nix-bin zstd python3 python3-venv python3-pip git ca-certificates)
-$dev && apt_packages+=(chromium)
+$dev && apt_packages+=(chromium postgresql)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
