@@ -36,7 +36,6 @@ import numpy as np
 import pyarrow as pa
 
 from fdnix_assets import search as fmt
-from fdnix_assets.embedding.vector_index import build_vector_index, plan_vector_index
 
 if TYPE_CHECKING:
     from lancedb.index import FTS
@@ -79,6 +78,10 @@ MAIN_COLUMNS = [
     "unsupported",
 ]
 PCA_SAMPLE_ROWS = 50_000
+# Below this many vectors an exact scan takes a few milliseconds; no index is built.
+MIN_ROWS_FOR_INDEX = 5_000
+MIN_ROWS_PER_PARTITION = 256
+REFINE_FACTOR = 4
 
 
 class MinifyError(ValueError):
@@ -93,7 +96,6 @@ class MinifyOptions:
     fts_stemmer: str | None = "english"
     vector_dimensions: int | None = None
     vector_index_partitions: int | None = None
-    vector_index_sub_vectors: int | None = None
     long_description_chars: int = LONG_DESCRIPTION_CHARS
 
 
@@ -325,12 +327,13 @@ def minify_table(
     homepages = main["homepages"].to_pylist()
     attr_paths = main["attr_path"].to_pylist()
     vectors, projection, vector_count = minified_vectors(main["vector"], options.vector_dimensions)
+    long_descriptions = _clip(main["long_description"], options.long_description_chars)
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
         "attr_path": main["attr_path"],
         "pname": main["pname"],
         "version": main["version"],
         "description": _clip(main["description"], DESCRIPTION_CHARS),
-        "long_description": _clip(main["long_description"], options.long_description_chars),
+        "long_description": long_descriptions,
         "homepage": pa.array(
             [(h[0][:HOMEPAGE_CHARS] if h else None) for h in homepages], pa.string()
         ),
@@ -360,6 +363,66 @@ def minify_table(
     if projection is not None:
         metadata[fmt.META_VECTOR_PROJECTION] = projection.to_metadata()
     return table.replace_schema_metadata(metadata), projection, vector_count
+
+
+@dataclass(frozen=True)
+class MinifiedIndexPlan:
+    """IVF with RaBitQ codes over the float16 vectors, searched exhaustively, then refined.
+
+    Measured on the full fixture (119,845 MiniLM vectors, 270 real query texts, recall@10
+    against exact float32 search): IVF_PQ with 346 partitions and 48 sub-vectors took
+    336 s to build and reached 0.75 recall at nprobes 20 (6 ms), 0.90 only at nprobes 80
+    (14 ms). IVF_RQ with 32 partitions built in 4 s and, probing every partition with a
+    refine factor of 10, reached 0.995 in 5 ms: one bit per dimension is cheap enough to
+    scan in full, and the refine step re-ranks with the stored vectors. Search asks for 50
+    candidates; refining 4x as many (0.97 recall@50, 6 ms) costs little more than the
+    query itself, 10x (0.99) takes 10 ms.
+    """
+
+    partitions: int
+    nprobes: int
+    refine_factor: int = REFINE_FACTOR
+
+    def describe(self) -> str:
+        return (
+            f"IVF_RQ ({self.partitions} partitions; queried with nprobes {self.nprobes}, "
+            f"refine factor {self.refine_factor})"
+        )
+
+
+def plan_minified_index(vectors: int, partitions: int | None = None) -> MinifiedIndexPlan | None:
+    """The vector index for ``vectors`` rows, or None when an exact scan is as good.
+
+    ``partitions`` is VECTOR_INDEX_PARTITIONS (0: no index; None: about sqrt(rows) / 10).
+    VECTOR_INDEX_SUB_VECTORS shapes the main dataset's IVF-PQ index only: RaBitQ codes
+    have no sub-vectors.
+    """
+    if partitions == 0 or vectors < MIN_ROWS_FOR_INDEX:
+        return None
+    chosen = partitions or max(1, round(vectors**0.5 / 10))
+    chosen = max(1, min(chosen, vectors // MIN_ROWS_PER_PARTITION))
+    return MinifiedIndexPlan(partitions=chosen, nprobes=chosen)
+
+
+def build_minified_index(table: Any, plan: MinifiedIndexPlan) -> None:
+    from lancedb.index import IvfRq
+
+    table.create_index(
+        "vector",
+        config=IvfRq(distance_type="cosine", num_partitions=plan.partitions),
+        replace=True,
+    )
+    table.update_field_metadata(
+        {
+            "path": "vector",
+            "metadata": {
+                "fdnix.ann.index": "IVF_RQ",
+                "fdnix.ann.partitions": str(plan.partitions),
+                fmt.ANN_NPROBES.decode(): str(plan.nprobes),
+                fmt.ANN_REFINE_FACTOR.decode(): str(plan.refine_factor),
+            },
+        }
+    )
 
 
 def _dir_bytes(path: Path) -> int:
@@ -447,23 +510,11 @@ def build_minified(
     seconds["fts_indexes"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    dimensions = table.schema.field("vector").type.list_size
+    plan = plan_minified_index(vector_count, options.vector_index_partitions)
     index_name = ""
-    try:
-        plan = plan_vector_index(
-            vector_count,
-            dimensions,
-            options.vector_index_partitions,
-            options.vector_index_sub_vectors,
-        )
-    except ValueError as error:
-        raise MinifyError(str(error)) from None
     if plan is not None:
-        build_vector_index(packages, plan)
-        index_name = (
-            f"IVF_PQ ({plan.partitions} partitions, {plan.sub_vectors} sub-vectors; "
-            f"queried with nprobes {plan.nprobes}, refine factor {plan.refine_factor})"
-        )
+        build_minified_index(packages, plan)
+        index_name = plan.describe()
     seconds["vector_index"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
 
@@ -471,7 +522,7 @@ def build_minified(
     return MinifyReport(
         rows=table.num_rows,
         vectors=vector_count,
-        vector_dimensions=dimensions,
+        vector_dimensions=table.schema.field("vector").type.list_size,
         source_dimensions=source_dimensions,
         total_bytes=_dir_bytes(target),
         column_bytes=column_bytes(table, target.parent / f".{target.name}.columns"),

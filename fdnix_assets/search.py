@@ -25,14 +25,13 @@ module is shipped in the Lambda layer without the rest of the package.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,20 +105,41 @@ MAX_FILTER_VALUES = 20
 
 # Retrieval depths: how many candidates each kind of evidence contributes.
 TEXT_CANDIDATES = 60
-VECTOR_CANDIDATES = 60
+VECTOR_CANDIDATES = 50
 FUZZY_CANDIDATES = 40
 PREFIX_CANDIDATES = 40
 DEFAULT_NPROBES = 20
 DEFAULT_REFINE_FACTOR = 5
 
-# Field weights for BM25: a word in the name says more than one in a long description.
-TEXT_BOOSTS = {NAMES_COLUMN: 3.0, "description": 1.5, "long_description": 0.6}
+# Field weights for BM25. Name words count least here: names have their own evidence
+# (exact, prefix, typo), and a word that is part of many names ("irc", "git") says little
+# about which of those packages a sentence means; the description says what a package does.
+TEXT_BOOSTS = {NAMES_COLUMN: 0.5, "description": 1.5, "long_description": 0.6}
 
-# How much each kind of evidence counts in the fused score (see fuse()).
-NAME_WEIGHT = 1.0
-TEXT_WEIGHT = 0.35
-VECTOR_WEIGHT = 0.6
+# How much each kind of evidence counts in the fused score (see fuse()). Measured with
+# benchmarks/search_bench.py on the full fixture (dev queries and the held-out extra set):
+# names dominate, the vector outweighs BM25, and BM25 scores are relative to the query's
+# best hit, so they only order packages that are otherwise alike.
+NAME_WEIGHT = 2.5
+TEXT_WEIGHT = 0.1
+VECTOR_WEIGHT = 0.3
+# MiniLM gives unrelated texts a cosine similarity up to ~0.4: the vector counts above that.
+VECTOR_FLOOR = 0.4
+VECTOR_CEILING = 0.8
+# Priors, small next to any name match: a package that installs a program (meta.mainProgram)
+# is what most searches look for, and a split-off part of another package (its docs,
+# headers, data, or the unwrapped inner derivation) ranks below the package itself.
+PROGRAM_BONUS = 0.15
+PART_PENALTY = 0.1
+PART_SUFFIX = r"-(doc|docs|dev|dbg|prof|common|data|examples|tests?|unwrapped)$"
 FLAG_PENALTY = 0.02
+# Name evidence below an exact match: a prefix scores by how much of the name it covers
+# (``thunderb`` is most of ``thunderbird``), a typo by its edits; a query that is a prefix
+# of one name and a name plus a letter (``vaultw``) is more likely being typed than mistyped.
+PREFIX_BASE = 0.5
+PREFIX_COVERAGE = 0.4
+TYPO_BASE = 0.7
+TYPO_PER_EDIT = 0.15
 
 _WORD_SPLIT = re.compile(r"[\W_]+", re.UNICODE)
 _CAMEL_PARTS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -477,10 +497,14 @@ class PackageSearch:
         self.attr_path_lengths = pc.utf8_length(self.columns["attr_path"]).to_numpy()
         self.flags = {name: self.columns[name].to_numpy(zero_copy_only=False) for name in FLAGS}
         self.flagged = np.logical_or.reduce([self.flags[name] for name in FLAGS])
+        self.has_program = pc.is_valid(self.columns["main_program"]).to_numpy(zero_copy_only=False)
+        self.is_part = pc.match_substring_regex(self.columns["attr_path"], PART_SUFFIX).to_numpy(
+            zero_copy_only=False
+        )
         self.platform_column = loaded["platform_set"].to_numpy()
         self._mask_cache: dict[SearchFilters, tuple[np.ndarray | None, str | None]] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fdnix-search")
+        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="fdnix-search")
 
         self.embedder = embedder
         self.embedder_note = embedder_note
@@ -641,64 +665,71 @@ class PackageSearch:
         use_text: bool = True,
         use_names: bool = True,
     ) -> SearchResponse:
-        """The packages best matching ``query``, best first, after ``offset``, at most ``limit``."""
+        """The packages best matching ``query``, best first, after ``offset``, at most ``limit``.
+
+        ``use_vectors`` / ``use_text`` / ``use_names`` switch kinds of evidence off (the
+        benchmark measures each alone); by default all of them count.
+        """
         started = time.perf_counter()
         text = normalize_query(query)
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidQuery(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
         if not 0 <= offset <= MAX_OFFSET:
             raise InvalidQuery(f"offset must be between 0 and {MAX_OFFSET}, not {offset}")
-        filters = filters or SearchFilters()
-        mask, where = self.resolve_filters(filters)
+        mask, where = self.resolve_filters(filters or SearchFilters())
+        nothing_allowed = mask is not None and not mask.any()
         timings: dict[str, float] = {}
         evidence: dict[int, _Evidence] = {}
         wanted = offset + limit
-        note = None
-        mode = "hybrid"
-
-        vector_future = None
-        query_vector = None
-        if use_vectors and self.embedder is not None and where != "(false)":
-            vector_future = self._pool.submit(self._vector_candidates, text, where, wanted)
-        elif use_vectors:
+        mode, note = "hybrid", None
+        if not use_vectors:
+            mode = "text"
+        elif self.embedder is None:
             mode = "text"
             note = self.embedder_note or "no query embedding available; text indexes only"
-        else:
-            mode = "text"
 
-        if where != "(false)":
+        if not nothing_allowed:
+            # LanceDB runs each query in Rust without the GIL: the vector search (with the
+            # query embedding), BM25 and the typo lookup overlap.
+            futures: dict[str, Future[Any]] = {}
+            if mode == "hybrid":
+                futures["vector"] = self._pool.submit(
+                    _timed, self._vector_candidates, text, where, wanted
+                )
+            if use_text:
+                futures["text"] = self._pool.submit(
+                    _timed, self._text_candidates, text, where, wanted
+                )
             if use_names:
                 mark = time.perf_counter()
                 exact_found = self._name_candidates(text, mask, evidence)
                 timings["names"] = _ms(mark)
                 if not exact_found and _fuzzy_eligible(text):
-                    mark = time.perf_counter()
-                    self._fuzzy_candidates(text, where, mask, evidence)
-                    timings["fuzzy"] = _ms(mark)
-            if use_text:
-                mark = time.perf_counter()
-                self._text_candidates(text, where, wanted, evidence)
-                timings["text"] = _ms(mark)
-        if vector_future is not None:
-            mark = time.perf_counter()
-            try:
-                query_vector, hits = vector_future.result()
-                for row, similarity in hits:
+                    futures["typo"] = self._pool.submit(
+                        _timed, self._typo_candidates, text, where, mask
+                    )
+            for kind, future in futures.items():
+                try:
+                    hits, milliseconds = future.result()
+                except EmbedderUnavailable as error:
+                    mode = "text"
+                    note = f"query embedding failed ({error}); text indexes only"
+                    continue
+                timings[kind] = milliseconds
+                for row, value in hits:
                     entry = evidence.setdefault(row, _Evidence())
-                    entry.vector = max(entry.vector, similarity)
-                    entry.matched.add("semantic")
-            except EmbedderUnavailable as error:
-                mode = "text"
-                note = f"query embedding failed ({error}); results come from the text indexes only"
-            timings["vector_wait"] = _ms(mark)
+                    entry.matched.add("semantic" if kind == "vector" else kind)
+                    if kind == "vector":
+                        entry.vector = max(entry.vector, value)
+                    elif kind == "text":
+                        entry.text = max(entry.text, value)
+                    else:
+                        entry.name = max(entry.name, value)
 
         ranked = self._rank(evidence)
         page = ranked[offset : offset + limit]
-        mark = time.perf_counter()
         results = self._materialize(page, evidence)
-        timings["fetch"] = _ms(mark)
         timings["total"] = _ms(started)
-        del query_vector
         return SearchResponse(
             query=text,
             results=results,
@@ -712,8 +743,9 @@ class PackageSearch:
     def _name_candidates(
         self, text: str, mask: np.ndarray | None, evidence: dict[int, _Evidence]
     ) -> bool:
+        """Exact and prefix name matches, straight into ``evidence``; True if any exact."""
         key = name_key(text)
-        if len(key) < 1:
+        if not key:
             return False
         exact_found = False
         for row, kind in self.names.exact(key):
@@ -727,20 +759,20 @@ class PackageSearch:
             for row, kind, length in self.names.prefixed(key, PREFIX_CANDIDATES):
                 if length == len(key) or (mask is not None and not mask[row]):
                     continue
-                # A prefix that covers most of the name is nearly an exact match.
                 coverage = len(key) / length
-                score = 0.45 + 0.35 * coverage - 0.02 * kind
+                score = PREFIX_BASE + PREFIX_COVERAGE * coverage - 0.02 * kind
                 entry = evidence.setdefault(row, _Evidence())
-                if score > entry.name:
-                    entry.name = score
+                entry.name = max(entry.name, score)
                 entry.matched.add("prefix")
         return exact_found
 
-    def _fuzzy_candidates(
-        self, text: str, where: str | None, mask: np.ndarray | None, evidence: dict[int, _Evidence]
-    ) -> None:
+    def _typo_candidates(
+        self, text: str, where: str | None, mask: np.ndarray | None
+    ) -> list[tuple[int, float]]:
+        """Names one or two edits away, found by LanceDB's fuzzy match, checked by OSA."""
         key = name_key(text)
         allowed = 1 if len(key) <= 5 else 2
+        # Levenshtein counts a swap as two edits; OSA below counts it as one.
         query = MatchQuery(text.lower(), NAMES_COLUMN, fuzziness=2, max_expansions=100)
         builder = self.table.search(query, query_type="fts")
         if where:
@@ -751,6 +783,7 @@ class PackageSearch:
             .with_row_id(True)
             .to_arrow()
         )
+        found = []
         for row_id, attr_path, pname, program in zip(
             hits["_rowid"].to_pylist(),
             hits["attr_path"].to_pylist(),
@@ -758,22 +791,28 @@ class PackageSearch:
             hits["main_program"].to_pylist(),
             strict=True,
         ):
-            names = [attr_path.rsplit(".", 1)[-1], pname, program or ""]
-            distance = min(osa_distance(key, name_key(n), allowed) for n in names if n)
-            if distance > allowed:
-                continue
+            # The attribute path's own name first, then the package name, then the program:
+            # "postgersql" means postgresql more than postgresql_15 named "postgresql".
+            names = (attr_path.rsplit(".", 1)[-1], pname, program)
+            distance, kind = min(
+                (osa_distance(key, name_key(n), allowed), kind) for kind, n in enumerate(names) if n
+            )
             row = self._row_of(row_id)
-            if mask is not None and not mask[row]:
+            if distance > allowed or (mask is not None and not mask[row]):
                 continue
-            score = 0.78 - 0.18 * (distance - 1) - 0.1 / max(len(key) - 2, 1)
-            entry = evidence.setdefault(row, _Evidence())
-            if score > entry.name:
-                entry.name = score
-            entry.matched.add("typo")
+            score = (
+                TYPO_BASE
+                - TYPO_PER_EDIT * (distance - 1)
+                - 0.1 / max(len(key) - 2, 1)
+                - 0.02 * kind
+            )
+            found.append((row, score))
+        return found
 
     def _text_candidates(
-        self, text: str, where: str | None, wanted: int, evidence: dict[int, _Evidence]
-    ) -> None:
+        self, text: str, where: str | None, wanted: int
+    ) -> list[tuple[int, float]]:
+        """BM25 over names, description and long description, relative to the best hit."""
         columns = list(TEXT_BOOSTS)
         query = MultiMatchQuery(text, columns, boosts=[TEXT_BOOSTS[c] for c in columns])
         builder = self.table.search(query, query_type="fts")
@@ -786,17 +825,18 @@ class PackageSearch:
             .to_arrow()
         )
         if hits.num_rows == 0:
-            return
+            return []
         scores = hits["_score"].to_numpy()
         top = float(scores.max()) or 1.0
-        for row_id, score in zip(hits["_rowid"].to_pylist(), scores, strict=True):
-            entry = evidence.setdefault(self._row_of(row_id), _Evidence())
-            entry.text = max(entry.text, float(score) / top)
-            entry.matched.add("text")
+        return [
+            (self._row_of(row_id), float(score) / top)
+            for row_id, score in zip(hits["_rowid"].to_pylist(), scores, strict=True)
+        ]
 
     def _vector_candidates(
         self, text: str, where: str | None, wanted: int
-    ) -> tuple[np.ndarray, list[tuple[int, float]]]:
+    ) -> list[tuple[int, float]]:
+        """Nearest packages to the query's embedding, with their cosine similarity."""
         assert self.embedder is not None
         vector = self.embedder.embed(text)
         if vector.shape != (self.model_dimensions,):
@@ -819,13 +859,12 @@ class PackageSearch:
             .with_row_id(True)
             .to_arrow()
         )
-        found = [
+        return [
             (self._row_of(row_id), 1.0 - float(distance))
             for row_id, distance in zip(
                 hits["_rowid"].to_pylist(), hits["_distance"].to_pylist(), strict=True
             )
         ]
-        return vector, found
 
     def _row_of(self, row_id: int) -> int:
         if self.identity_row_ids:
@@ -841,7 +880,12 @@ class PackageSearch:
         vector = np.fromiter(
             (e.vector for e in evidence.values()), dtype=np.float64, count=len(rows)
         )
-        scores = fuse(name, text, vector) - FLAG_PENALTY * self.flagged[rows]
+        scores = (
+            fuse(name, text, vector)
+            + PROGRAM_BONUS * self.has_program[rows]
+            - PART_PENALTY * self.is_part[rows]
+            - FLAG_PENALTY * self.flagged[rows]
+        )
         scores = np.round(scores, 6)
         order = np.lexsort((rows, self.attr_path_lengths[rows], self.flagged[rows], -scores))
         return [(int(rows[i]), float(scores[i])) for i in order]
@@ -865,16 +909,20 @@ def fuse(name: np.ndarray, text: np.ndarray, vector: np.ndarray) -> np.ndarray:
 
     Names dominate (an exact name is what a person typing it means); BM25 and the vector
     add up, so a package both described by the query's words and close in meaning beats one
-    that is only either. The vector counts from a floor: unrelated texts still have a
-    cosine similarity of 0.1-0.3 with MiniLM.
+    that is only either.
     """
-    semantic = np.clip((vector - 0.2) / 0.6, 0.0, 1.0)
+    semantic = np.clip((vector - VECTOR_FLOOR) / (VECTOR_CEILING - VECTOR_FLOOR), 0.0, 1.0)
     return NAME_WEIGHT * name + TEXT_WEIGHT * text + VECTOR_WEIGHT * semantic
 
 
 def _fuzzy_eligible(text: str) -> bool:
     """Typos are looked for in one-word queries: a name, not a sentence."""
     return " " not in text and 4 <= len(name_key(text)) <= 40
+
+
+def _timed(function: Any, *args: Any) -> tuple[Any, float]:
+    mark = time.perf_counter()
+    return function(*args), _ms(mark)
 
 
 def _ms(mark: float) -> float:
@@ -922,10 +970,6 @@ def parse_flag_filter(name: str, value: str) -> bool | None:
     raise InvalidQuery(f"{name}={value[:40]!r} must be include, exclude or only")
 
 
-def iter_unique(values: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(values))
-
-
 __all__ = [
     "InvalidQuery",
     "ModelMismatchError",
@@ -934,7 +978,6 @@ __all__ = [
     "SearchFilters",
     "SearchResponse",
     "SearchResult",
-    "math",
     "open_search",
     "search",
 ]

@@ -161,7 +161,6 @@ def minified_dataset(
         fts_stemmer=search_index.fts_stemmer,
         vector_dimensions=config.vector_dimensions,
         vector_index_partitions=vector_index.partitions,
-        vector_index_sub_vectors=vector_index.sub_vectors,
         long_description_chars=config.long_description_chars,
     )
     try:
