@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fdnix_assets import search as fmt
 
@@ -221,21 +222,42 @@ def license_aliases(licenses: Iterable[list[dict[str, Any]] | None]) -> dict[str
 
 
 def platform_sets(
-    platforms: Sequence[list[str] | None], bad_platforms: Sequence[list[str] | None]
+    platforms: pa.Array | pa.ChunkedArray | Sequence[list[str] | None],
+    bad_platforms: pa.Array | pa.ChunkedArray | Sequence[list[str] | None],
 ) -> tuple[np.ndarray, list[dict[str, list[str]]]]:
-    """Each row's platform-set number, and the sets (platforms and bad platforms) by number."""
-    numbers: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
-    column = np.empty(len(platforms), dtype=np.int16)
-    for row, (good, bad) in enumerate(zip(platforms, bad_platforms, strict=True)):
-        key = (tuple(good or ()), tuple(bad or ()))
-        number = numbers.get(key)
-        if number is None:
-            if len(numbers) >= np.iinfo(np.int16).max:
-                raise MinifyError("more than 32,767 distinct platform lists; cannot number them")
-            number = numbers[key] = len(numbers)
-        column[row] = number
-    sets = [{"platforms": list(good), "bad_platforms": list(bad)} for good, bad in numbers]
-    return column, sets
+    """Each row's platform-set number, and the sets (platforms and bad platforms) by number.
+
+    Numbered in Arrow (each row's lists joined into one key, then dictionary-encoded): the
+    fixture's 4 million platform strings never become Python objects.
+    """
+    good = pa.chunked_array([platforms]) if isinstance(platforms, pa.Array) else platforms
+    bad = (
+        pa.chunked_array([bad_platforms]) if isinstance(bad_platforms, pa.Array) else bad_platforms
+    )
+    if not isinstance(good, pa.ChunkedArray):
+        good = pa.chunked_array([pa.array(list(good), fmt.STRING_LIST)])
+    if not isinstance(bad, pa.ChunkedArray):
+        bad = pa.chunked_array([pa.array(list(bad), fmt.STRING_LIST)])
+    # \x1f and \x1e cannot occur in a Nix system name: they separate items and the two lists.
+    keys = pc.binary_join_element_wise(
+        pc.fill_null(pc.binary_join(good, "\x1f"), ""),
+        pc.fill_null(pc.binary_join(bad, "\x1f"), ""),
+        "\x1e",
+    )
+    encoded = pc.dictionary_encode(keys).combine_chunks()
+    values = encoded.dictionary.to_pylist()
+    if len(values) > np.iinfo(np.int16).max:
+        raise MinifyError(f"{len(values):,} distinct platform lists; at most 32,767 fit")
+    sets = []
+    for value in values:
+        good_part, bad_part = value.split("\x1e")
+        sets.append(
+            {
+                "platforms": good_part.split("\x1f") if good_part else [],
+                "bad_platforms": bad_part.split("\x1f") if bad_part else [],
+            }
+        )
+    return encoded.indices.to_numpy().astype(np.int16), sets
 
 
 def name_words_column(
@@ -292,25 +314,34 @@ def fit_projection(vectors: np.ndarray, dimensions: int, seed: int = 0) -> Vecto
 def minified_vectors(
     vector_column: pa.ChunkedArray, dimensions: int | None
 ) -> tuple[pa.Array, VectorProjection | None, int]:
-    """float16 vectors (projected when ``dimensions`` is set) and how many are present."""
+    """float16 vectors (projected when ``dimensions`` is set) and how many are present.
+
+    Works on the column's value buffer in place (a fixed-size list stores every row, null
+    or not), so the 184 MB of float32 vectors are not copied before being halved.
+    """
     vectors = vector_column.combine_chunks()
     valid = np.asarray(vectors.is_valid())
     source_dimensions = vectors.type.list_size
-    if not valid.any():
+    count = int(valid.sum())
+    if count == 0:
         empty = pa.nulls(len(vectors), fmt.vector_type(dimensions or source_dimensions))
         return empty, None, 0
-    flat = vectors.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
-    dense = flat.reshape(-1, source_dimensions).astype(np.float32)
+    start = vectors.offset * source_dimensions
+    flat = vectors.values.slice(start, len(vectors) * source_dimensions)
+    dense = flat.to_numpy(zero_copy_only=False).reshape(len(vectors), source_dimensions)
     projection = None
     if dimensions is not None and dimensions != source_dimensions:
-        projection = fit_projection(dense, dimensions)
-        dense = projection.apply(dense)
-    out_dimensions = dense.shape[1]
-    full = np.zeros((len(vectors), out_dimensions), dtype=np.float16)
-    full[valid] = dense.astype(np.float16)
-    values = pa.array(full.reshape(-1), pa.float16())
-    array = pa.FixedSizeListArray.from_arrays(values, out_dimensions, mask=pa.array(~valid))
-    return array, projection, int(valid.sum())
+        projection = fit_projection(dense[valid].astype(np.float32), dimensions)
+        half = np.zeros((len(vectors), dimensions), dtype=np.float16)
+        half[valid] = projection.apply(dense[valid].astype(np.float32)).astype(np.float16)
+    else:
+        half = dense.astype(np.float16)
+        half[~valid] = 0
+    out_dimensions = half.shape[1]
+    values = pa.array(half.reshape(-1), pa.float16())
+    mask = None if count == len(vectors) else pa.array(~valid)
+    array = pa.FixedSizeListArray.from_arrays(values, out_dimensions, mask=mask)
+    return array, projection, count
 
 
 def minify_table(
@@ -321,9 +352,7 @@ def minify_table(
     if missing:
         raise MinifyError(f"the main dataset lacks the columns {', '.join(missing)}")
     licenses = main["licenses"].to_pylist()
-    platform_column, sets = platform_sets(
-        main["platforms"].to_pylist(), main["bad_platforms"].to_pylist()
-    )
+    platform_column, sets = platform_sets(main["platforms"], main["bad_platforms"])
     homepages = main["homepages"].to_pylist()
     attr_paths = main["attr_path"].to_pylist()
     vectors, projection, vector_count = minified_vectors(main["vector"], options.vector_dimensions)
@@ -433,12 +462,19 @@ def column_bytes(table: pa.Table, scratch: Path) -> dict[str, int]:
     """Bytes each column takes on disk, in LanceDB's encoding.
 
     A Lance data file holds all columns together and LanceDB does not report them apart,
-    so each column is written alone to scratch space and measured.
+    so each column is written alone to scratch space and measured (vectors excepted: their
+    size is rows x dimensions x bytes per value).
     """
     import lancedb
 
     sizes = {}
     for name in table.column_names:
+        field = table.schema.field(name)
+        if pa.types.is_fixed_size_list(field.type):
+            # Lance stores float vectors uncompressed: the size is arithmetic (writing the
+            # column again would cost hundreds of MB of memory for nothing).
+            sizes[name] = table.num_rows * field.type.list_size * field.type.value_type.byte_width
+            continue
         target = scratch / name
         db = lancedb.connect(str(target))
         db.create_table("c", data=table.select([name]), mode="create", on_bad_vectors="null")

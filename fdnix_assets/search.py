@@ -702,9 +702,11 @@ class PackageSearch:
                 )
             if use_names:
                 mark = time.perf_counter()
-                exact_found = self._name_candidates(text, mask, evidence)
+                exact_found, prefix_found = self._name_candidates(text, mask, evidence)
                 timings["names"] = _ms(mark)
-                if not exact_found and _fuzzy_eligible(text):
+                # A name the query equals or begins is what was meant; typos are looked for
+                # only when neither exists (the fuzzy lookup is the slowest part of a search).
+                if not (exact_found or prefix_found) and _fuzzy_eligible(text):
                     futures["typo"] = self._pool.submit(
                         _timed, self._typo_candidates, text, where, mask
                     )
@@ -742,12 +744,12 @@ class PackageSearch:
 
     def _name_candidates(
         self, text: str, mask: np.ndarray | None, evidence: dict[int, _Evidence]
-    ) -> bool:
-        """Exact and prefix name matches, straight into ``evidence``; True if any exact."""
+    ) -> tuple[bool, bool]:
+        """Exact and prefix name matches, straight into ``evidence``; whether there were any."""
         key = name_key(text)
         if not key:
-            return False
-        exact_found = False
+            return False, False
+        exact_found = prefix_found = False
         for row, kind in self.names.exact(key):
             if mask is not None and not mask[row]:
                 continue
@@ -764,7 +766,8 @@ class PackageSearch:
                 entry = evidence.setdefault(row, _Evidence())
                 entry.name = max(entry.name, score)
                 entry.matched.add("prefix")
-        return exact_found
+                prefix_found = True
+        return exact_found, prefix_found
 
     def _typo_candidates(
         self, text: str, where: str | None, mask: np.ndarray | None
