@@ -480,6 +480,7 @@ def column_bytes(table: pa.Table, scratch: Path) -> dict[str, int]:
         db.create_table("c", data=table.select([name]), mode="create", on_bad_vectors="null")
         sizes[name] = sum(p.stat().st_size for p in (target / "c.lance" / "data").rglob("*"))
         shutil.rmtree(target, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)
     return sizes
 
 

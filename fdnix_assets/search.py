@@ -468,6 +468,13 @@ class PackageSearch:
             if META_VECTOR_PROJECTION in metadata
             else None
         )
+        expected = self.projection.components.shape[1] if self.projection else self.model_dimensions
+        if self.model_dimensions and self.vector_dimensions != expected:
+            raise SearchError(
+                f"{uri}: the vector column has {self.vector_dimensions} dimensions but the "
+                f"dataset records {self.model_id} with {self.model_dimensions}"
+                + (f" projected to {expected}" if self.projection else "")
+            )
         self.platform_sets: list[dict[str, list[str]]] = json.loads(
             metadata.get(META_PLATFORM_SETS, b"[]")
         )

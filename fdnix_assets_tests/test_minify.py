@@ -146,6 +146,7 @@ def test_report_measures_columns_and_indexes(embedded_main: Path, tmp_path: Path
         report.index_bytes
     )
     assert report.total_bytes > sum(report.column_bytes.values())
+    assert not (tmp_path / ".m.lancedb.columns").exists()
 
 
 def test_a_main_dataset_without_provenance_is_refused(tmp_path: Path) -> None:
