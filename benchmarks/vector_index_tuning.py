@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--descriptions", default=None, help="JSON list of package descriptions")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--grid", default=DEFAULT_GRID, help="partitions x sub-vectors, ...")
+    parser.add_argument("--nprobes", default=",".join(map(str, NPROBES)))
+    parser.add_argument("--refine", default=",".join(map(str, REFINE_FACTORS)), help="0: none")
     args = parser.parse_args(argv)
 
     import lancedb
@@ -93,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         partitions, sub_vectors = (int(value) for value in cell.split("x"))
         plan = VectorIndexPlan(partitions=partitions, sub_vectors=sub_vectors)
         build_s = build_vector_index(table, plan)
-        for nprobes in NPROBES:
-            for refine in REFINE_FACTORS:
+        for nprobes in (int(value) for value in args.nprobes.split(",")):
+            for refine in (int(value) for value in args.refine.split(",")):
                 report = measure_recall(
                     table, ids, vectors, queries, nprobes=nprobes, refine_factor=refine or None
                 )

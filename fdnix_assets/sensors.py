@@ -31,12 +31,12 @@ from dagster import (
     sensor,
 )
 
+from fdnix_assets.assets.embeddings import JOB_ARNS_METADATA_KEY
 from fdnix_assets.embedding.bedrock import RUNNING_STATUSES, TERMINAL_STATUSES
 from fdnix_assets.embedding.resource import EmbeddingBackend
 from fdnix_assets.jobs import embedding_ingest_job
 
 SUBMISSION_ASSET = AssetKey("bedrock_embedding_jobs")
-JOB_ARNS_METADATA_KEY = "job_arns"
 MATERIALIZATIONS_PER_TICK = 50
 
 
