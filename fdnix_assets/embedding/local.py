@@ -26,7 +26,9 @@ from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID
 ProgressCallback = Callable[[int, int, float], None]
 """Called with (texts embedded so far, texts in total, seconds since the start)."""
 
-BATCH_SIZE = 64
+# Measured on 2,500 fixture texts, 2 cores: batches of 16-32 match encode's own speed,
+# 64 is 15% and 128 30% slower (longer padded batches cost more than they save).
+BATCH_SIZE = 32
 CHUNK_SIZE = 512
 PROGRESS_INTERVAL_SECONDS = 10.0
 
