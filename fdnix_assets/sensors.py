@@ -106,11 +106,19 @@ def evaluate_bedrock_jobs(
     """One tick: picks up new submissions, polls waiting jobs, launches finished ingests."""
     now = time.time() if now is None else now
     cursor = BedrockSensorCursor.parse(context.cursor)
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=SUBMISSION_ASSET, after_storage_id=cursor.after_storage_id),
-        limit=MATERIALIZATIONS_PER_TICK,
-        ascending=True,
-    ).records
+    if cursor.after_storage_id is None:
+        # First tick: only the latest submission matters, not the asset's whole history.
+        records = context.instance.fetch_materializations(
+            SUBMISSION_ASSET, limit=1, ascending=False
+        ).records
+    else:
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(
+                asset_key=SUBMISSION_ASSET, after_storage_id=cursor.after_storage_id
+            ),
+            limit=MATERIALIZATIONS_PER_TICK,
+            ascending=True,
+        ).records
     for record in records:
         materialization = record.asset_materialization
         metadata = dict(materialization.metadata) if materialization else {}

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from dagster import (
+    AssetKey,
     DagsterInstance,
     DefaultSensorStatus,
     Definitions,
@@ -167,9 +168,14 @@ def test_a_submission_below_the_batch_minimum_is_ingested_at_once(
     resources = resources_for(settings)
     run_metadata(resources, instance)
     assert submit(resources, instance) == []
+    assert submit(resources, instance) == []
 
+    # The sensor's first tick looks at the latest submission only, not the whole history.
     (request,) = tick(instance, resources, None).run_requests
-    assert request.run_key.startswith("bedrock_embedding_jobs:")
+    latest = instance.fetch_materializations(
+        AssetKey("bedrock_embedding_jobs"), limit=1, ascending=False
+    ).records[0]
+    assert request.run_key == f"bedrock_embedding_jobs:{latest.storage_id}"
     result = ingest(resources, instance, request)
     assert result.success
     assert bedrock_standin.invoke_model_calls == 40 and bedrock_standin.created_job_count == 0
