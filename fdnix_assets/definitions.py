@@ -11,10 +11,17 @@ from fdnix_assets.assets.embeddings import (
     vector_coverage_check,
     vector_dimension_check,
 )
+from fdnix_assets.assets.layer import LambdaLayerPublisher, lambda_layer_version
 from fdnix_assets.assets.metadata import (
     attr_path_unique_and_non_empty,
     nixpkgs_packages,
     row_count_not_collapsed,
+)
+from fdnix_assets.assets.minified import (
+    SearchIndexSettings,
+    minified_dataset,
+    minified_size_check,
+    minified_smoke_search_check,
 )
 from fdnix_assets.embedding.resource import EmbeddingBackend, VectorIndexSettings
 from fdnix_assets.io_managers import DatasetIOManager
@@ -24,6 +31,7 @@ from fdnix_assets.jobs import (
     embedding_job,
     full_job,
     metadata_job,
+    minified_job,
 )
 from fdnix_assets.resources import DatasetStorage, NixpkgsSource
 from fdnix_assets.schedules import full_job_schedule
@@ -40,6 +48,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         artifacts_bucket=settings.artifacts_bucket,
         data_key=settings.lancedb_data_key,
         minified_key=settings.lancedb_minified_key,
+        lancedb_path=str(settings.lancedb_path) if settings.lancedb_path else None,
         region=settings.aws_region,
         s3=s3,
     )
@@ -65,17 +74,35 @@ def build_resources(settings: Settings) -> dict[str, object]:
             partitions=settings.vector_index_partitions,
             sub_vectors=settings.vector_index_sub_vectors,
         ),
+        "search_index": SearchIndexSettings(
+            fts_stopwords=settings.fts_stopwords, fts_stemmer=settings.fts_stemmer
+        ),
+        "layer_publisher": LambdaLayerPublisher(
+            enabled=settings.publish_layer,
+            layer_arn=settings.layer_arn,
+            region=settings.aws_region,
+            artifacts_bucket=settings.artifacts_bucket,
+            s3=s3,
+        ),
     }
 
 
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
-        assets=[nixpkgs_packages, package_embeddings, bedrock_embedding_jobs],
+        assets=[
+            nixpkgs_packages,
+            package_embeddings,
+            bedrock_embedding_jobs,
+            minified_dataset,
+            lambda_layer_version,
+        ],
         asset_checks=[
             attr_path_unique_and_non_empty,
             row_count_not_collapsed,
             vector_coverage_check,
             vector_dimension_check,
+            minified_smoke_search_check,
+            minified_size_check,
         ],
         jobs=[
             metadata_job,
@@ -83,6 +110,7 @@ def build_definitions(settings: Settings) -> Definitions:
             embedding_job,
             bedrock_submit_job,
             embedding_ingest_job,
+            minified_job,
         ],
         schedules=[full_job_schedule],
         sensors=[build_bedrock_batch_sensor(settings.bedrock_poll_interval)],

@@ -1,9 +1,10 @@
 """The jobs of SPEC "Phases and jobs", selected from the asset graph."""
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, define_asset_job, in_process_executor
 
 METADATA_ASSETS = AssetSelection.assets("nixpkgs_packages")
 EMBEDDING_ASSETS = AssetSelection.assets("package_embeddings")
+MINIFIED_ASSETS = AssetSelection.assets("minified_dataset")
 # Submits Bedrock jobs without waiting; the sensor continues. full_job waits inline instead.
 BEDROCK_SUBMISSION_ASSETS = AssetSelection.assets("bedrock_embedding_jobs")
 
@@ -11,12 +12,14 @@ metadata_job = define_asset_job(
     "metadata_job",
     selection=METADATA_ASSETS,
     description="nixpkgs metadata -> main dataset (PROCESSING_MODE=metadata).",
+    executor_def=in_process_executor,
 )
 
 full_job = define_asset_job(
     "full_job",
     selection=AssetSelection.groups("fdnix") - BEDROCK_SUBMISSION_ASSETS,
     description="Every phase in order (PROCESSING_MODE=both or full).",
+    executor_def=in_process_executor,
 )
 
 embedding_job = define_asset_job(
@@ -43,5 +46,14 @@ embedding_ingest_job = define_asset_job(
     description=(
         "Launched by bedrock_batch_sensor: ingests the finished Bedrock jobs' vectors into "
         "the main dataset, then builds everything downstream (the minified dataset, ...)."
+    ),
+)
+
+minified_job = define_asset_job(
+    "minified_job",
+    selection=MINIFIED_ASSETS,
+    description=(
+        "main dataset -> minified dataset with full-text and vector indexes "
+        "(PROCESSING_MODE=minified)."
     ),
 )
