@@ -351,8 +351,8 @@ def _launch_metadata_run(deployment: Deployment) -> str:
             "repositoryName": "__repository__",
             "jobName": "metadata_job",
         },
-        # One process per run keeps the test quick; the guard is about runs, not steps.
-        "runConfigData": {"execution": {"config": {"in_process": {}}}},
+        # metadata_job runs in one process (in_process_executor): no executor config needed.
+        "runConfigData": {},
     }
     result = deployment.graphql(LAUNCH_RUN, {"params": params})["launchRun"]
     assert result["__typename"] == "LaunchRunSuccess", result
