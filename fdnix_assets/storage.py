@@ -148,6 +148,17 @@ def tree_listing(root: Path) -> dict[str, int]:
     return listing
 
 
+def staged_files(staged: Path, dataset: str, snapshot_id: str, action: str) -> dict[str, int]:
+    """What every store checks before publishing: a valid id and a non-empty directory."""
+    check_snapshot_id(snapshot_id, action)
+    if not staged.is_dir():
+        raise StorageError(f"cannot publish {staged} as {dataset}: not a directory")
+    files = tree_listing(staged)
+    if not files:
+        raise StorageError(f"refusing to publish {staged}: it holds no files")
+    return files
+
+
 class DatasetStore(ABC):
     """Snapshots of one dataset (``fdnix-data.lancedb`` or ``fdnix.lancedb``)."""
 
@@ -241,12 +252,7 @@ class LocalDatasetStore(DatasetStore):
 
     def publish(self, staged: Path, snapshot_id: str) -> PublishReport:
         started = time.perf_counter()
-        check_snapshot_id(snapshot_id, f"publishing {staged}")
-        if not staged.is_dir():
-            raise StorageError(f"cannot publish {staged} as {self.dataset}: not a directory")
-        expected = tree_listing(staged)
-        if not expected:
-            raise StorageError(f"refusing to publish {staged}: it holds no files")
+        expected = staged_files(staged, self.dataset, snapshot_id, f"publishing {staged}")
         if self.output_path.exists() and not (
             self.output_path.is_dir() or self.output_path.is_symlink()
         ):

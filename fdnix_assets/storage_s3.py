@@ -80,6 +80,7 @@ from fdnix_assets.storage import (
     file_sha256,
     replace_directory,
     snapshot_created_at,
+    staged_files,
     tree_listing,
 )
 
@@ -301,12 +302,9 @@ class S3DatasetStore(DatasetStore):
 
     def publish(self, staged: Path, snapshot_id: str) -> PublishReport:
         started = time.perf_counter()
-        check_snapshot_id(snapshot_id, f"publishing {staged} to {self.location}")
-        if not staged.is_dir():
-            raise StorageError(f"cannot publish {staged} as {self.dataset}: not a directory")
-        files = tree_listing(staged)
-        if not files:
-            raise StorageError(f"refusing to publish {staged}: it holds no files")
+        files = staged_files(
+            staged, self.dataset, snapshot_id, f"publishing {staged} to {self.location}"
+        )
         if MANIFEST_NAME in files:
             raise StorageError(f"{staged} holds {MANIFEST_NAME}, a name the snapshots reserve")
         prefix = self.snapshot_prefix(snapshot_id)
