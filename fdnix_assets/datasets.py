@@ -136,7 +136,3 @@ def column_schema(schema: pa.Schema) -> Any:
             ]
         )
     )
-
-
-def directory_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -94,8 +94,3 @@ def main_schema(dimensions: int) -> pa.Schema:
             pa.field("vector", vector_type(dimensions)),
         ]
     )
-
-
-def schema_summary(schema: pa.Schema) -> dict[str, str]:
-    """Column name to Arrow type, for materialization metadata."""
-    return {field.name: str(field.type) for field in schema}
