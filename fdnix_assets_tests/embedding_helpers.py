@@ -114,6 +114,31 @@ def run_embeddings(
     )
 
 
+def publish_bedrock_slice(
+    workdir: Path,
+    buckets: tuple[str, str],
+    packages: int,
+    backend_changes: dict[str, Any] | None = None,
+    **settings_changes: Any,
+) -> tuple[Settings, dict[str, Any]]:
+    """The first ``packages`` of the sample published as the main dataset, ready for a
+    Bedrock embedding run; returns the settings and the resources for that run."""
+    listing = write_listing(workdir / "slice.json", first_packages(packages))
+    settings = bedrock_settings(workdir, listing, *buckets, **settings_changes)
+    resources = resources_for(settings, **(backend_changes or {}))
+    run_metadata(resources)
+    return settings, resources
+
+
+def failed_embeddings(resources: dict[str, Any]) -> tuple[ExecuteInProcessResult, str]:
+    """An embedding run that must fail, and the error message its step failed with."""
+    result = run_embeddings(resources, raise_on_error=False)
+    assert not result.success, "the embedding run was expected to fail"
+    failure = result.failure_data_for_node("package_embeddings")
+    assert failure is not None and failure.error is not None
+    return result, failure.error.message
+
+
 def embedding_metadata(result: ExecuteInProcessResult) -> dict[str, Any]:
     materializations = result.asset_materializations_for_node("package_embeddings")
     assert materializations, "package_embeddings was not materialized"

@@ -17,3 +17,36 @@ def write_small_listing(directory: Path, size: int = SMALL_LISTING_SIZE) -> Path
     path = directory / "nixpkgs-small.json"
     path.write_text(json.dumps({name: packages[name] for name in chosen}), encoding="utf-8")
     return path
+
+
+LICENSE_FIELDS = (
+    "spdx_id",
+    "short_name",
+    "full_name",
+    "url",
+    "free",
+    "redistributable",
+    "deprecated",
+)
+
+
+def license_row(**given: object) -> dict[str, object]:
+    """One item of the main dataset's licenses column: ``given`` fields, the rest null."""
+    unknown = set(given) - set(LICENSE_FIELDS)
+    assert not unknown, f"not license fields: {sorted(unknown)}"
+    return {name: given.get(name) for name in LICENSE_FIELDS}
+
+
+# nixpkgs' lib.licenses.mit, as the main dataset's licenses column holds it.
+MIT_LICENSE_ROW = {
+    "spdx_id": "MIT",
+    "short_name": "mit",
+    "full_name": "MIT License",
+    "url": "https://spdx.org/licenses/MIT.html",
+    "free": True,
+    "redistributable": True,
+    "deprecated": False,
+}
+_META_NAMES = {"spdx_id": "spdxId", "short_name": "shortName", "full_name": "fullName"}
+# The same license as nix writes it in meta.license.
+MIT_LICENSE_META = {_META_NAMES.get(key, key): value for key, value in MIT_LICENSE_ROW.items()}

@@ -31,18 +31,16 @@ from fdnix_assets.embedding.text import content_hash
 from fdnix_assets_tests.bedrock_standin import BedrockStandIn, titan_embedding
 from fdnix_assets_tests.embedding_helpers import (
     ROLE_ARN,
-    bedrock_settings,
     check_results,
     embedding_metadata,
-    first_packages,
+    failed_embeddings,
     make_buckets,
+    publish_bedrock_slice,
     read_main,
-    resources_for,
     run_embeddings,
     run_metadata,
     texts_by_path,
     vectors_by_path,
-    write_listing,
 )
 
 MODEL = ModelInput("amazon.titan-embed-text-v2:0", 256)
@@ -158,10 +156,7 @@ def test_output_parsing_rejects_damaged_lines() -> None:
 def test_full_inline_run_on_the_sample_then_a_rerun_embeds_nothing(
     tmp_path: Path, bedrock_standin: BedrockStandIn, buckets: tuple[str, str]
 ) -> None:
-    listing = write_listing(tmp_path / "sample.json", first_packages(2_008))
-    settings = bedrock_settings(tmp_path, listing, *buckets, bedrock_batch_size=1_000)
-    resources = resources_for(settings)
-    run_metadata(resources)
+    settings, resources = publish_bedrock_slice(tmp_path, buckets, 2_008, bedrock_batch_size=1_000)
 
     result = run_embeddings(resources)
     metadata = embedding_metadata(result)
@@ -190,10 +185,7 @@ def test_full_inline_run_on_the_sample_then_a_rerun_embeds_nothing(
 def test_fewer_than_100_texts_go_through_invoke_model(
     tmp_path: Path, bedrock_standin: BedrockStandIn, buckets: tuple[str, str]
 ) -> None:
-    listing = write_listing(tmp_path / "small.json", first_packages(60))
-    settings = bedrock_settings(tmp_path, listing, *buckets)
-    resources = resources_for(settings)
-    run_metadata(resources)
+    settings, resources = publish_bedrock_slice(tmp_path, buckets, 60)
     metadata = embedding_metadata(run_embeddings(resources))
     assert metadata["texts_embedded"] == 60
     assert metadata["bedrock_on_demand"] == 60
@@ -215,10 +207,7 @@ def test_partially_completed_retries_only_the_failed_records(
     retry_jobs: int,
     retry_calls: int,
 ) -> None:
-    listing = write_listing(tmp_path / "slice.json", first_packages(300))
-    settings = bedrock_settings(tmp_path, listing, *buckets)
-    resources = resources_for(settings)
-    run_metadata(resources)
+    settings, resources = publish_bedrock_slice(tmp_path, buckets, 300)
     bedrock_standin.fail_records_in_next_job(fraction)
 
     metadata = embedding_metadata(run_embeddings(resources))
@@ -253,10 +242,7 @@ def stop_when_in_progress(standin: BedrockStandIn) -> threading.Thread:
 def test_a_failed_job_fails_the_run_but_keeps_the_finished_work(
     tmp_path: Path, bedrock_standin: BedrockStandIn, buckets: tuple[str, str], ending: str
 ) -> None:
-    listing = write_listing(tmp_path / "slice.json", first_packages(300))
-    settings = bedrock_settings(tmp_path, listing, *buckets, bedrock_batch_size=100)
-    resources = resources_for(settings)
-    run_metadata(resources)
+    settings, resources = publish_bedrock_slice(tmp_path, buckets, 300, bedrock_batch_size=100)
     stopper = None
     if ending == "Failed":
         bedrock_standin.fail_next_job("Internal failure while reading the input")
@@ -266,15 +252,12 @@ def test_a_failed_job_fails_the_run_but_keeps_the_finished_work(
         bedrock_standin.hang_next_job()
         stopper = stop_when_in_progress(bedrock_standin)
 
-    result = run_embeddings(resources, raise_on_error=False)
+    _, message = failed_embeddings(resources)
     if stopper is not None:
         stopper.join()
-    assert not result.success
-    failure = result.failure_data_for_node("package_embeddings")
-    assert failure is not None
     first = min(bedrock_standin.jobs.values(), key=lambda job: job.created_order)
     assert first.status == ending
-    assert f"{first.name} ({first.arn}) ended {ending}" in failure.error.message
+    assert f"{first.name} ({first.arn}) ended {ending}" in message
     # The two jobs that completed were published; the third job's records stay null
     # (a stopped job keeps the half it processed before the stop).
     kept = {"Failed": 0, "Expired": 0, "Stopped": 50}[ending]
@@ -299,15 +282,10 @@ def test_a_failed_job_fails_the_run_but_keeps_the_finished_work(
 def test_a_refused_submission_is_reported_and_the_other_jobs_still_count(
     tmp_path: Path, bedrock_standin: BedrockStandIn, buckets: tuple[str, str]
 ) -> None:
-    listing = write_listing(tmp_path / "slice.json", first_packages(200))
-    settings = bedrock_settings(tmp_path, listing, *buckets, bedrock_batch_size=100)
-    resources = resources_for(settings)
-    run_metadata(resources)
+    settings, resources = publish_bedrock_slice(tmp_path, buckets, 200, bedrock_batch_size=100)
     bedrock_standin.refuse_next_submission("ServiceQuotaExceededException")
 
-    result = run_embeddings(resources, raise_on_error=False)
-    assert not result.success
-    message = result.failure_data_for_node("package_embeddings").error.message
+    _, message = failed_embeddings(resources)
     assert "ServiceQuotaExceededException" in message
     assert bedrock_standin.created_job_count == 1
     assert null_vector_count(settings) == 100
@@ -316,10 +294,7 @@ def test_a_refused_submission_is_reported_and_the_other_jobs_still_count(
 def test_a_retried_run_re_attaches_to_the_job_it_already_submitted(
     tmp_path: Path, bedrock_standin: BedrockStandIn, buckets: tuple[str, str]
 ) -> None:
-    listing = write_listing(tmp_path / "slice.json", first_packages(250))
-    settings = bedrock_settings(tmp_path, listing, *buckets)
-    resources = resources_for(settings)
-    run_metadata(resources)
+    settings, resources = publish_bedrock_slice(tmp_path, buckets, 250)
     # A run that submitted its job and then died before reading the results.
     bedrock_standin.set_slow(0.2)
     embedder = resources["embedding_backend"].bedrock_embedder(log=lambda message: None)
@@ -340,17 +315,14 @@ def test_a_retried_run_re_attaches_to_the_job_it_already_submitted(
 def test_waiting_past_the_max_wait_stops_the_job(
     tmp_path: Path, bedrock_standin: BedrockStandIn, buckets: tuple[str, str]
 ) -> None:
-    listing = write_listing(tmp_path / "slice.json", first_packages(200))
-    settings = bedrock_settings(tmp_path, listing, *buckets)
-    resources = resources_for(settings, bedrock_max_wait_time=1.0)
-    run_metadata(resources)
+    settings, resources = publish_bedrock_slice(
+        tmp_path, buckets, 200, backend_changes={"bedrock_max_wait_time": 1.0}
+    )
     bedrock_standin.hang_next_job()
 
-    result = run_embeddings(resources, raise_on_error=False)
-    assert not result.success
+    _, message = failed_embeddings(resources)
     job = next(iter(bedrock_standin.jobs.values()))
     assert "Stopping" in job.history and job.status == "Stopped"
-    message = result.failure_data_for_node("package_embeddings").error.message
     assert "BEDROCK_MAX_WAIT_TIME=1" in message and "ended Stopped" in message
     # What the job processed before the stop is kept.
     assert null_vector_count(settings) == 100

@@ -42,6 +42,7 @@ from fdnix_assets.normalize import (
     normalize_listing,
 )
 from fdnix_assets_tests.conftest import TEST_NIXPKGS
+from fdnix_assets_tests.samples import MIT_LICENSE_ROW, license_row
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DIMENSIONS = 384
@@ -77,15 +78,7 @@ FLAGGED = {
     "python313Packages.oldcrypto",
 }
 
-MIT = {
-    "spdx_id": "MIT",
-    "short_name": "mit",
-    "full_name": "MIT License",
-    "url": "https://spdx.org/licenses/MIT.html",
-    "free": True,
-    "redistributable": True,
-    "deprecated": False,
-}
+MIT = MIT_LICENSE_ROW
 UNLICENSE = {
     "spdx_id": "Unlicense",
     "short_name": "unlicense",
@@ -331,17 +324,7 @@ def test_licenses_in_every_shape(evaluated: Evaluated) -> None:
     rows = evaluated.rows
     assert rows["hello"]["licenses"] == [GPL3_PLUS]
     assert rows["ripgrep"]["licenses"] == [MIT, UNLICENSE]
-    assert rows["xlegacy"]["licenses"] == [
-        {
-            "spdx_id": None,
-            "short_name": "GPL",
-            "full_name": None,
-            "url": None,
-            "free": None,
-            "redistributable": None,
-            "deprecated": None,
-        }
-    ]
+    assert rows["xlegacy"]["licenses"] == [license_row(short_name="GPL")]
     assert rows["nixos-artwork-wallpapers"]["licenses"] == []
 
 

@@ -30,6 +30,7 @@ from fdnix_assets.normalize import (
     split_derivation_name,
 )
 from fdnix_assets.schema import main_schema
+from fdnix_assets_tests.samples import MIT_LICENSE_META, MIT_LICENSE_ROW, license_row
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DIMENSIONS = 384
@@ -76,24 +77,7 @@ def test_the_table_has_exactly_the_main_schema() -> None:
 
 
 def test_license_shapes() -> None:
-    mit = {
-        "spdxId": "MIT",
-        "shortName": "mit",
-        "fullName": "MIT License",
-        "url": "https://spdx.org/licenses/MIT.html",
-        "free": True,
-        "redistributable": True,
-        "deprecated": False,
-    }
-    mit_row = {
-        "spdx_id": "MIT",
-        "short_name": "mit",
-        "full_name": "MIT License",
-        "url": "https://spdx.org/licenses/MIT.html",
-        "free": True,
-        "redistributable": True,
-        "deprecated": False,
-    }
+    mit, mit_row = MIT_LICENSE_META, MIT_LICENSE_ROW
     unfree = {"shortName": "unfree", "fullName": "Unfree", "free": False}
     rows = rows_of(
         normalize(
@@ -109,30 +93,12 @@ def test_license_shapes() -> None:
     assert rows["as-attrset"]["licenses"] == [mit_row]
     assert rows["as-list"]["licenses"] == [
         mit_row,
-        {
-            "spdx_id": None,
-            "short_name": "unfree",
-            "full_name": "Unfree",
-            "url": None,
-            "free": False,
-            "redistributable": None,
-            "deprecated": None,
-        },
+        license_row(short_name="unfree", full_name="Unfree", free=False),
     ]
     # A license list with an unfree member makes the package unfree when meta does not say.
     assert rows["as-list"]["unfree"] is True
     assert rows["as-list"]["available"] is False
-    assert rows["as-string"]["licenses"] == [
-        {
-            "spdx_id": None,
-            "short_name": "GPL",
-            "full_name": None,
-            "url": None,
-            "free": None,
-            "redistributable": None,
-            "deprecated": None,
-        }
-    ]
+    assert rows["as-string"]["licenses"] == [license_row(short_name="GPL")]
     assert rows["absent"]["licenses"] == []
     assert rows["empty-list"]["licenses"] == []
 
