@@ -16,15 +16,22 @@ on a bad package; only input that is not a package listing at all raises
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 
 from fdnix_assets.embedding.text import content_hash, embedding_text
@@ -78,6 +85,7 @@ class NormalizedPackages:
     stripped_channel_prefix: str | None = None
     input_shape: str = "nix-env"
     seconds: float = 0.0
+    workers: int = 1
 
     @property
     def row_count(self) -> int:
@@ -384,37 +392,85 @@ def common_channel_prefix(attr_paths: Iterable[str]) -> str | None:
 
 
 class _ColumnBatches:
-    """Per-column Python lists, turned into an Arrow record batch every ``batch_rows`` rows.
+    """Rows as tuples, turned into an Arrow record batch every ``batch_rows`` rows.
 
     Converting in batches keeps at most one batch of Python objects alive beside the Arrow
-    data, which is what holds peak memory down on the full nixpkgs listing.
+    data, which is what holds peak memory down on the full nixpkgs listing. Rows are kept
+    whole and transposed into columns by ``zip`` at flush time, which is cheaper than one
+    ``append`` per column per row.
     """
 
-    def __init__(self, schema: pa.Schema, batch_rows: int) -> None:
+    def __init__(
+        self,
+        schema: pa.Schema,
+        batch_rows: int,
+        batch_sink: Callable[[pa.RecordBatch], None] | None = None,
+    ) -> None:
         self.schema = schema
+        self.names = schema.names
         self.batch_rows = batch_rows
+        # Batches go to ``batch_sink`` when one is given (a worker's IPC file), else stay here.
+        self.batch_sink = batch_sink
         self.batches: list[pa.RecordBatch] = []
-        self.lists: dict[str, list[Any]] = {name: [] for name in schema.names}
-        self.pending = 0
+        self.rows: list[tuple[Any, ...]] = []
 
     def append(self, row: dict[str, Any]) -> None:
-        for name, values in self.lists.items():
-            values.append(row[name])
-        self.pending += 1
-        if self.pending >= self.batch_rows:
+        if not self.rows and list(row) != self.names:
+            raise AssertionError(f"row fields {list(row)} are not the schema's {self.names}")
+        self.rows.append(tuple(row.values()))
+        if len(self.rows) >= self.batch_rows:
             self.flush()
 
     def flush(self) -> None:
-        if not self.pending:
+        if not self.rows:
             return
-        arrays = [pa.array(self.lists[field.name], type=field.type) for field in self.schema]
-        self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
-        self.lists = {name: [] for name in self.schema.names}
-        self.pending = 0
+        count = len(self.rows)
+        columns = list(zip(*self.rows, strict=True))
+        self.rows = []
+        arrays = [
+            _column_array(values, field, count)
+            for values, field in zip(columns, self.schema, strict=True)
+        ]
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        if self.batch_sink is None:
+            self.batches.append(batch)
+        else:
+            self.batch_sink(batch)
 
     def table(self) -> pa.Table:
         self.flush()
         return pa.Table.from_batches(self.batches, schema=self.schema)
+
+
+def _column_array(values: tuple[Any, ...], field: pa.Field, count: int) -> pa.Array:
+    """One column of a batch.
+
+    ``meta_json`` (about 190 MB on the full listing) is built from one joined buffer:
+    ``pa.array`` would copy the byte strings one by one into a buffer it keeps regrowing,
+    which measured several times slower.
+    """
+    if field.name == "vector":
+        return pa.nulls(count, type=field.type)
+    if field.name == "meta_json":
+        return _utf8_array(values, field.type)
+    return pa.array(values, type=field.type)
+
+
+def _offsets(lengths: Iterable[int], count: int) -> pa.Array:
+    offsets = np.zeros(count + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(lengths, dtype=np.int64, count=count), out=offsets[1:])
+    return pa.array(offsets)
+
+
+def _utf8_array(encoded: tuple[bytes, ...], string_type: pa.DataType) -> pa.Array:
+    """A string array from UTF-8 byte strings, checked to be UTF-8 in one pass."""
+    data = b"".join(encoded)
+    offsets = _offsets(map(len, encoded), len(encoded))
+    array = pa.Array.from_buffers(
+        string_type, len(encoded), [None, offsets.buffers()[1], pa.py_buffer(data)]
+    )
+    array.validate(full=True)
+    return array
 
 
 def normalize_listing(
@@ -447,28 +503,105 @@ def _normalize(
     progress_every: int,
 ) -> NormalizedPackages:
     started = time.perf_counter()
+    decoded = _decode_share(data)
+    share = _normalize_share(
+        decoded, 0, 1, model_id, dimensions, nixpkgs_root, progress, progress_every
+    )
+    if progress is not None:
+        progress(decoded.total, decoded.total)
+    return share.result(share.columns.table(), decoded, time.perf_counter() - started)
+
+
+@dataclass
+class _DecodedListing:
+    """The outer object decoded, with what every share needs to know about the whole."""
+
+    items: list[tuple[str, _Package] | None]
+    shape: str
+    repaired: bool
+    prefix: str | None
+    total: int
+
+
+def _decode_share(data: bytes) -> _DecodedListing:
     packages, shape, repaired = _decode_repairing(data)
     if not packages:
         raise InvalidDumpError("the package listing holds no packages (an empty JSON object)")
+    prefix = common_channel_prefix(packages)
+    items: list[tuple[str, _Package] | None] = list(packages.items())
+    packages.clear()
+    return _DecodedListing(
+        items=items, shape=shape, repaired=repaired, prefix=prefix, total=len(items)
+    )
 
+
+@dataclass
+class _Share:
+    """One contiguous slice of the listing, normalized: its rows and what was wrong."""
+
+    columns: _ColumnBatches
+    issues: Counter[str]
+    failures: list[str]
+    invalid_meta: dict[str, list[str]]
+
+    def result(
+        self, table: pa.Table, decoded: _DecodedListing, seconds: float
+    ) -> NormalizedPackages:
+        return NormalizedPackages(
+            table=table,
+            issues=self.issues,
+            evaluation_failures=self.failures,
+            invalid_meta=self.invalid_meta,
+            stripped_channel_prefix=decoded.prefix.rstrip(".") if decoded.prefix else None,
+            input_shape=decoded.shape,
+            seconds=seconds,
+        )
+
+
+def _share_bounds(total: int, index: int, count: int) -> tuple[int, int]:
+    return total * index // count, total * (index + 1) // count
+
+
+def _normalize_share(
+    decoded: _DecodedListing,
+    index: int,
+    count: int,
+    model_id: str,
+    dimensions: int,
+    nixpkgs_root: str | None,
+    progress: Callable[[int, int], None] | None,
+    progress_every: int,
+    batch_sink: Callable[[pa.RecordBatch], None] | None = None,
+) -> _Share:
+    """Normalizes share ``index`` of ``count`` equal, contiguous slices of the listing.
+
+    Attribute paths are keys of one JSON object, and stripping a prefix every key shares keeps
+    them distinct, so slices never collide with each other; only an empty path can be bad.
+    """
     issues: Counter[str] = Counter()
-    if repaired:
+    if decoded.repaired and index == 0:
         issues[INVALID_UTF8_ISSUE] += 1
     failures: list[str] = []
     invalid_meta: dict[str, list[str]] = {}
-    prefix = common_channel_prefix(packages)
-    schema = main_schema(dimensions)
-    columns = _ColumnBatches(schema, batch_rows=progress_every)
+    prefix = decoded.prefix
+    columns = _ColumnBatches(main_schema(dimensions), progress_every, batch_sink)
     meta_decoder = msgspec.json.Decoder()
     meta_encoder = msgspec.json.Encoder()
-    seen: set[str] = set()
-    total = len(packages)
+    start, stop = _share_bounds(decoded.total, index, count)
+    items = decoded.items
 
-    for index, (raw_path, package) in enumerate(_drain(packages)):
-        if progress is not None and index and index % progress_every == 0:
-            progress(index, total)
+    for position in range(start, stop):
+        item = items[position]
+        # Forget the package as soon as it is a row, so its meta bytes can be freed.
+        items[position] = None
+        assert item is not None
+        raw_path, package = item
+        done = position - start
+        if progress is not None and done and done % progress_every == 0:
+            # Every share advances at about the same rate; this one speaks for all of them.
+            progress(min(done * count, decoded.total), decoded.total)
         attr_path = raw_path[len(prefix) :] if prefix else raw_path
-        if not attr_path or attr_path in seen:
+        if not attr_path:
             issues["attr_path: empty or duplicate, package left out"] += 1
             continue
         meta = _decode_meta(meta_decoder, package.meta, issues)
@@ -480,47 +613,184 @@ def _normalize(
             continue
         if fdnix.get("invalidMeta"):
             invalid_meta[attr_path] = [str(name) for name in fdnix["invalidMeta"]]
-        seen.add(attr_path)
-        row = _row(attr_path, package, meta, fdnix, issues, nixpkgs_root, model_id, dimensions)
-        row["meta_json"] = _meta_json(meta_encoder, meta, issues)
-        columns.append(row)
+        meta_json = _meta_json(meta_encoder, meta, issues)
+        columns.append(
+            _row(
+                attr_path,
+                package,
+                meta,
+                meta_json,
+                fdnix,
+                issues,
+                nixpkgs_root,
+                model_id,
+                dimensions,
+            )
+        )
+    # The other shares' packages are other processes' work; letting go of them frees the
+    # listing's bytes, which every undecoded meta still points into.
+    items.clear()
+    columns.flush()
+    return _Share(columns=columns, issues=issues, failures=failures, invalid_meta=invalid_meta)
 
-    table = columns.table()
-    if progress is not None:
-        progress(total, total)
-    return NormalizedPackages(
-        table=table,
-        issues=issues,
-        evaluation_failures=failures,
-        invalid_meta=invalid_meta,
-        stripped_channel_prefix=prefix.rstrip(".") if prefix else None,
-        input_shape=shape,
-        seconds=time.perf_counter() - started,
-    )
+
+def default_workers() -> int:
+    """One normalizing process per core this process may run on, at most four."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
-def _meta_json(encoder: msgspec.json.Encoder, meta: dict[str, Any], issues: Counter[str]) -> str:
+# Below this size a second process costs more to start than it saves.
+PARALLEL_MIN_BYTES = 8 * 1024 * 1024
+
+
+def normalize_listing_file(
+    path: Path,
+    *,
+    model_id: str,
+    dimensions: int,
+    nixpkgs_root: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    progress_every: int = 20_000,
+    workers: int | None = None,
+    parallel_min_bytes: int = PARALLEL_MIN_BYTES,
+) -> NormalizedPackages:
+    """:func:`normalize_listing` on a file, splitting the work over ``workers`` processes.
+
+    Normalizing is pure Python, so one process uses one core. Every worker decodes the outer
+    object itself (a fraction of a second) and normalizes one contiguous slice; each writes its
+    rows to an Arrow IPC file beside ``path``, which this process maps instead of copying. The
+    rows come out in the same order, with the same issues, as from one process.
+    """
+    workers = default_workers() if workers is None else max(1, workers)
+    # A daemonic process (a multiprocessing.Pool worker) may not start processes of its own.
+    if multiprocessing.current_process().daemon:
+        workers = 1
+    if workers == 1 or path.stat().st_size < parallel_min_bytes:
+        return normalize_listing(
+            path.read_bytes(),
+            model_id=model_id,
+            dimensions=dimensions,
+            nixpkgs_root=nixpkgs_root,
+            progress=progress,
+            progress_every=progress_every,
+        )
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
-        return encoder.encode(meta).decode()
-    except (RecursionError, msgspec.EncodeError, UnicodeDecodeError):
+        return _normalize_in_parallel(
+            path, workers, model_id, dimensions, nixpkgs_root, progress, progress_every
+        )
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _normalize_in_parallel(
+    path: Path,
+    workers: int,
+    model_id: str,
+    dimensions: int,
+    nixpkgs_root: str | None,
+    progress: Callable[[int, int], None] | None,
+    progress_every: int,
+) -> NormalizedPackages:
+    started = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix=".fdnix-normalize-", dir=path.parent))
+    # Spawned, not forked: the caller (a Dagster run) has threads, and fork copies their locks.
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=workers - 1, mp_context=context) as pool:
+            futures = [
+                pool.submit(
+                    _normalize_share_to_file,
+                    path,
+                    scratch / f"share-{index}.arrow",
+                    index,
+                    workers,
+                    model_id,
+                    dimensions,
+                    nixpkgs_root,
+                    progress_every,
+                )
+                for index in range(1, workers)
+            ]
+            try:
+                decoded = _decode_share(path.read_bytes())
+                own = _normalize_share(
+                    decoded,
+                    0,
+                    workers,
+                    model_id,
+                    dimensions,
+                    nixpkgs_root,
+                    progress,
+                    progress_every,
+                )
+                others = [future.result() for future in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        tables = [own.columns.table()]
+        for share_file, issues, failures, invalid_meta in others:
+            # Memory-mapped: the rows stay in the page cache, not in this process's heap.
+            tables.append(pa.ipc.open_file(pa.memory_map(str(share_file))).read_all())
+            own.issues.update(issues)
+            own.failures.extend(failures)
+            own.invalid_meta.update(invalid_meta)
+        table = pa.concat_tables(tables)
+    finally:
+        # Unlinking a mapped file keeps its pages readable until the mapping goes away.
+        shutil.rmtree(scratch, ignore_errors=True)
+    if progress is not None:
+        progress(decoded.total, decoded.total)
+    normalized = own.result(table, decoded, time.perf_counter() - started)
+    normalized.workers = workers
+    return normalized
+
+
+def _normalize_share_to_file(
+    path: Path,
+    share_file: Path,
+    index: int,
+    count: int,
+    model_id: str,
+    dimensions: int,
+    nixpkgs_root: str | None,
+    progress_every: int,
+) -> tuple[Path, Counter[str], list[str], dict[str, list[str]]]:
+    """A worker process's part: its share of the rows, streamed to an Arrow IPC file."""
+    gc.disable()
+    decoded = _decode_share(path.read_bytes())
+    schema = main_schema(dimensions)
+    with pa.OSFile(str(share_file), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        share = _normalize_share(
+            decoded,
+            index,
+            count,
+            model_id,
+            dimensions,
+            nixpkgs_root,
+            None,
+            progress_every,
+            writer.write_batch,
+        )
+    return share_file, share.issues, share.failures, share.invalid_meta
+
+
+def _meta_json(encoder: msgspec.json.Encoder, meta: dict[str, Any], issues: Counter[str]) -> bytes:
+    try:
+        return encoder.encode(meta)
+    except (RecursionError, msgspec.EncodeError, UnicodeEncodeError):
         issues["meta_json: could not be written back as JSON, left empty"] += 1
-        return "{}"
-
-
-def _drain(packages: dict[str, _Package]) -> Iterator[tuple[str, _Package]]:
-    """Yields and forgets packages one by one, so each can be freed once it is a row."""
-    items: list[tuple[str, _Package] | None] = list(packages.items())
-    packages.clear()
-    for index, item in enumerate(items):
-        items[index] = None
-        assert item is not None
-        yield item
+        return b"{}"
 
 
 def _row(
     attr_path: str,
     package: _Package,
     meta: dict[str, Any],
+    meta_json: bytes,
     fdnix: dict[str, Any],
     issues: Counter[str],
     nixpkgs_root: str | None,
@@ -605,6 +875,7 @@ def _row(
         "available": available,
         "known_vulnerabilities": known_vulnerabilities,
         "source_provenance": _source_provenance(meta.get("sourceProvenance"), issues),
+        "meta_json": meta_json,
         "content_hash": content_hash(text, model_id, dimensions),
         "vector": None,
     }

@@ -11,6 +11,7 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
+    AssetRecordsFilter,
     Config,
     EventLogRecord,
     Failure,
@@ -34,7 +35,7 @@ from fdnix_assets.datasets import (
 from fdnix_assets.embedding.resource import EmbeddingBackend
 from fdnix_assets.io_managers import DATASET_METADATA_KEY, StagedDataset
 from fdnix_assets.nix.extract import ExtractionError, redact_url
-from fdnix_assets.normalize import InvalidDumpError, normalize_listing
+from fdnix_assets.normalize import InvalidDumpError, normalize_listing_file
 from fdnix_assets.resources import DatasetStorage, NixpkgsSource
 from fdnix_assets.storage import Snapshot
 
@@ -98,8 +99,8 @@ def nixpkgs_packages(
     try:
         listing = nixpkgs_source.fetch(work_dir / "nix", log=context.log.info)
         input_bytes = listing.size_bytes
-        normalized = normalize_listing(
-            listing.read_bytes(),
+        normalized = normalize_listing_file(
+            listing.path,
             model_id=embedding_backend.model_id,
             dimensions=embedding_backend.dimensions,
             nixpkgs_root=listing.nixpkgs_root,
@@ -163,12 +164,14 @@ def nixpkgs_packages(
             "input_bytes": input_bytes,
             "extract_seconds": round(listing.seconds, 2),
             "normalize_seconds": round(normalized.seconds, 2),
+            "normalize_workers": normalized.workers,
             "total_seconds": round(seconds, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "flag_counts": MetadataValue.json(flags),
             "with_description": int(pc.sum(pc.is_valid(table["description"])).as_py()),
             "vectors_reused": reused,
             "previous_rows": previous_rows if previous_rows is not None else -1,
+            "max_row_drop_fraction": config.max_row_drop_fraction,
             "evaluation_failures": len(normalized.evaluation_failures),
             "evaluation_failures_sample": MetadataValue.json(
                 normalized.evaluation_failures[:SHOWN_LIMIT]
@@ -224,25 +227,44 @@ def attr_path_unique_and_non_empty(dataset_storage: DatasetStorage) -> AssetChec
     name=ROW_COUNT_CHECK,
     blocking=True,
     description=(
-        "The package count did not collapse against the previous materialization "
-        f"(a drop of more than {DEFAULT_MAX_ROW_DROP:.0%} fails)."
+        "The package count did not collapse against the previous materialization of the same "
+        "channel: a drop of more than the run's max_row_drop_fraction (default "
+        f"{DEFAULT_MAX_ROW_DROP:.0%}) fails."
     ),
 )
 def row_count_not_collapsed(context: AssetCheckExecutionContext) -> AssetCheckResult:
     records = context.instance.fetch_materializations(
-        AssetKey("nixpkgs_packages"), limit=2, ascending=False
+        AssetRecordsFilter(
+            asset_key=AssetKey("nixpkgs_packages"),
+            # With channels, each channel's history is its own.
+            asset_partitions=[context.partition_key] if context.has_partition_key else None,
+        ),
+        limit=2,
+        ascending=False,
     ).records
     counts = [_recorded_row_count(record) for record in records]
     current = counts[0] if counts else None
     previous = counts[1] if len(counts) > 1 else None
     if current is None:
         return AssetCheckResult(passed=False, description="no materialization recorded a row count")
-    problem = row_drop_problem(current, previous, DEFAULT_MAX_ROW_DROP)
+    max_drop = _recorded_max_drop(records[0])
+    problem = row_drop_problem(current, previous, max_drop)
     return AssetCheckResult(
         passed=problem is None,
         description=problem,
-        metadata={"rows": current, "previous_rows": previous if previous is not None else -1},
+        metadata={
+            "rows": current,
+            "previous_rows": previous if previous is not None else -1,
+            "max_row_drop_fraction": max_drop,
+        },
     )
+
+
+def _recorded_max_drop(record: EventLogRecord) -> float:
+    """The drop the materializing run allowed (its max_row_drop_fraction config)."""
+    materialization = record.asset_materialization
+    value = materialization.metadata.get("max_row_drop_fraction") if materialization else None
+    return DEFAULT_MAX_ROW_DROP if value is None else float(value.value)  # type: ignore[arg-type]
 
 
 def _recorded_row_count(record: EventLogRecord) -> int | None:

@@ -1,0 +1,80 @@
+"""normalize_listing_file splitting the work over processes: same rows, same account of issues."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fdnix_assets.normalize import (
+    INVALID_UTF8_ISSUE,
+    InvalidDumpError,
+    normalize_listing,
+    normalize_listing_file,
+)
+
+MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+DIMENSIONS = 384
+
+
+def normalize_file(path: Path, workers: int) -> Any:
+    # parallel_min_bytes=0: the sample is far below the size where workers pay off in
+    # production, and the point here is that they give the same answer.
+    return normalize_listing_file(
+        path, model_id=MODEL_ID, dimensions=DIMENSIONS, workers=workers, parallel_min_bytes=0
+    )
+
+
+def test_workers_give_the_same_table_and_issues_as_one_process(
+    sample_listing: Path,
+) -> None:
+    single = normalize_listing(
+        sample_listing.read_bytes(), model_id=MODEL_ID, dimensions=DIMENSIONS
+    )
+    for workers in (2, 3):
+        parallel = normalize_file(sample_listing, workers)
+        assert parallel.row_count == single.row_count > 2_000
+        assert parallel.table.equals(single.table)
+        assert parallel.issues == single.issues
+        assert parallel.input_shape == single.input_shape
+
+
+def test_failures_invalid_meta_and_repairs_from_every_share_are_reported(tmp_path: Path) -> None:
+    packages: dict[str, Any] = {}
+    for index in range(60):
+        meta: dict[str, Any] = {"description": f"package number {index}"}
+        if index % 20 == 7:
+            meta["_fdnix"] = {"evaluationFailed": True}
+        if index % 20 == 11:
+            meta["_fdnix"] = {"invalidMeta": ["homepage"]}
+        if index % 20 == 13:
+            meta["description"] = 42
+        packages[f"nixpkgs.pkg{index:02d}"] = {"name": f"pkg{index:02d}-1.0", "meta": meta}
+    data = json.dumps(packages).encode()
+    # One invalid UTF-8 byte, in the last share's part of the listing.
+    data = data.replace(b"package number 59", b"package number \xff59")
+    listing = tmp_path / "listing.json"
+    listing.write_bytes(data)
+
+    parallel = normalize_file(listing, workers=3)
+
+    assert parallel.evaluation_failures == ["pkg07", "pkg27", "pkg47"]
+    assert parallel.invalid_meta == {f"pkg{n}": ["homepage"] for n in (11, 31, 51)}
+    assert parallel.issues["meta.description: int where a string belongs"] == 3
+    assert parallel.issues[INVALID_UTF8_ISSUE] == 1
+    assert parallel.stripped_channel_prefix == "nixpkgs"
+    assert parallel.row_count == 57
+    assert parallel.table["attr_path"].to_pylist()[:3] == ["pkg00", "pkg01", "pkg02"]
+    assert parallel.table["description"].to_pylist()[-1] == "package number \ufffd59"
+    # The workers' scratch files are gone.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["listing.json"]
+
+
+def test_a_bad_listing_fails_the_same_way_with_workers(tmp_path: Path) -> None:
+    listing = tmp_path / "truncated.json"
+    listing.write_bytes(b'{"hello": {"name": "hello-2.12", "meta": {"description": "trunc')
+    with pytest.raises(InvalidDumpError, match="not valid JSON"):
+        normalize_file(listing, workers=2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["truncated.json"]
