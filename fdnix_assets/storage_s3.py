@@ -277,12 +277,11 @@ class S3DatasetStore(DatasetStore):
         """The pointer object, or None when none was written yet."""
         with self._s3_errors(f"reading the snapshot pointer {self.location}"):
             try:
-                response = self.client.get_object(Bucket=self.bucket, Key=self.pointer_key)
+                raw = self._get_bytes(self.pointer_key)
             except ClientError as error:
                 if _error_code(error) in ("NoSuchKey", "404"):
                     return None
                 raise
-            raw = response["Body"].read()
         return SnapshotPointer.from_json(raw, self.location)
 
     def latest(self) -> Snapshot | None:
@@ -551,6 +550,17 @@ class S3DatasetStore(DatasetStore):
                 if attempt == STREAM_ATTEMPTS:
                     raise
 
+    def _get_bytes(self, key: str) -> bytes:
+        """A small object's bytes; a body that breaks half way is fetched again."""
+        for attempt in range(1, STREAM_ATTEMPTS + 1):
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError):
+                # botocore retries requests, not a body stream that breaks half way.
+                if attempt == STREAM_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
     def _verify_uploaded(self, prefix: str, files: dict[str, int], snapshot_id: str) -> None:
         found = {
             obj["Key"][len(prefix) :]: obj["Size"]
@@ -584,7 +594,7 @@ class S3DatasetStore(DatasetStore):
         key = self.manifest_key(snapshot_id)
         with self._s3_errors(f"reading s3://{self.bucket}/{key}"):
             try:
-                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                return self._get_bytes(key)
             except ClientError as error:
                 if _error_code(error) in ("NoSuchKey", "404"):
                     return None
@@ -686,6 +696,11 @@ class S3DatasetStore(DatasetStore):
         except EndpointConnectionError as error:
             raise StorageError(
                 f"{action} failed: cannot reach the S3 endpoint for {where}: {error}"
+            ) from None
+        except BotoCoreError as error:
+            # A connection closed or a body cut off after the client's retries ran out.
+            raise StorageError(
+                f"{action} failed for {where}: {type(error).__name__}: {error}"
             ) from None
 
 

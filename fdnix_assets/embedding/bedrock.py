@@ -54,6 +54,9 @@ JOB_NAME_PREFIX = "fdnix-embed"
 DEFAULT_KEY_PREFIX = "fdnix-bedrock"
 INPUT_FILE_NAME = "records.jsonl"
 MANIFEST_FILE_NAME = "manifest.json.out"
+REJECTED_MARKER_NAME = "fdnix-rejected.json"
+"""Written beside a finished job's output that failed its checks, so later runs submit a new
+attempt instead of re-reading the same damaged output forever."""
 STOP_SETTLE_SECONDS = 60.0
 
 _ATTEMPT_RE = re.compile(r"^(?P<base>.+)-a(?P<attempt>\d+)$")
@@ -442,7 +445,8 @@ class BedrockBatchEmbedder:
         if attempts:
             latest = attempts[-1]
             status = latest.get("status", "")
-            if status not in FAILED_STATUSES or not resubmit_failed:
+            rejected = status in FINISHED_STATUSES and self.output_rejected(latest["jobName"])
+            if (status not in FAILED_STATUSES and not rejected) or not resubmit_failed:
                 self.log(
                     f"re-attaching to Bedrock job {latest['jobName']} ({latest['jobArn']}), "
                     f"status {status}, {len(job.records):,} records"
@@ -461,6 +465,7 @@ class BedrockBatchEmbedder:
             self.log(
                 f"Bedrock job {latest['jobName']} ended {status}"
                 + (f" ({latest.get('message')})" if latest.get("message") else "")
+                + (" but its output was rejected" if rejected else "")
                 + "; submitting a new attempt"
             )
         attempt = len(attempts) + 1
@@ -480,6 +485,26 @@ class BedrockBatchEmbedder:
         arn = response["jobArn"]
         self.log(f"submitted Bedrock job {name} ({arn}): {len(job.records):,} records")
         return JobState(job=job, name=name, arn=arn, attached=False, output_uri=output_uri)
+
+    def output_rejected(self, name: str) -> bool:
+        """Whether an earlier run found the output of job ``name`` damaged."""
+        bucket, key = split_s3_uri(self.output_uri(name) + REJECTED_MARKER_NAME)
+        try:
+            self.s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def reject_output(self, state: JobState, reason: str) -> None:
+        """Records that ``state``'s output failed its checks (best effort)."""
+        bucket, key = split_s3_uri(self.output_uri(state.name) + REJECTED_MARKER_NAME)
+        marker = {"job_arn": state.arn, "reason": reason}
+        try:
+            self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(marker).encode())
+        except Exception as error:
+            self.log(f"could not record that job {state.name}'s output was rejected: {error}")
 
     def refresh(self, state: JobState) -> JobState:
         described = self.bedrock.get_model_invocation_job(jobIdentifier=state.arn)
@@ -683,6 +708,8 @@ class BedrockBatchEmbedder:
                 parsed = self.read_output(state, partial=not finished)
             except BedrockOutputError as error:
                 report.job_errors.append(str(error))
+                if finished:
+                    self.reject_output(state, str(error))
                 continue
             report.input_tokens += parsed.input_tokens
             for rid, vector in parsed.vectors.items():
