@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dagster import Definitions
+from collections.abc import Sequence
+
+from dagster import AssetsDefinition, Definitions, StaticPartitionsDefinition
 from dagster_aws.s3 import S3Resource
 
 from fdnix_assets.assets.embeddings import (
@@ -34,7 +36,7 @@ from fdnix_assets.jobs import (
     minified_job,
 )
 from fdnix_assets.resources import DatasetStorage, NixpkgsSource
-from fdnix_assets.schedules import full_job_schedule
+from fdnix_assets.schedules import build_full_job_schedule, schedule_cron
 from fdnix_assets.sensors import build_bedrock_batch_sensor
 from fdnix_assets.settings import Settings, load_settings
 
@@ -42,7 +44,9 @@ from fdnix_assets.settings import Settings, load_settings
 def build_resources(settings: Settings) -> dict[str, object]:
     """Resources for one environment; every value comes from the validated settings."""
     s3 = S3Resource(region_name=settings.aws_region)
+    channels = list(settings.channels)
     storage = DatasetStorage(
+        channels=channels,
         output_path=str(settings.output_path),
         output_minified_path=str(settings.output_minified_path),
         artifacts_bucket=settings.artifacts_bucket,
@@ -56,7 +60,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "dataset_storage": storage,
         "dataset_io_manager": DatasetIOManager(storage=storage),
         "nixpkgs_source": NixpkgsSource(
-            nixpkgs=settings.nixpkgs, nixpkgs_json=settings.nixpkgs_json, s3=s3
+            channels=channels, nixpkgs=settings.nixpkgs, nixpkgs_json=settings.nixpkgs_json, s3=s3
         ),
         "embedding_backend": EmbeddingBackend(
             backend=settings.embedding_backend,
@@ -78,6 +82,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             fts_stopwords=settings.fts_stopwords, fts_stemmer=settings.fts_stemmer
         ),
         "layer_publisher": LambdaLayerPublisher(
+            channels=channels,
             enabled=settings.publish_layer,
             layer_arn=settings.layer_arn,
             region=settings.aws_region,
@@ -87,15 +92,38 @@ def build_resources(settings: Settings) -> dict[str, object]:
     }
 
 
+def build_channel_partitions_def(
+    channels: Sequence[str],
+) -> StaticPartitionsDefinition | None:
+    """One partition per nixpkgs channel (FDNIX_CHANNELS); None when channels are not used."""
+    return StaticPartitionsDefinition(list(channels)) if channels else None
+
+
+def partition_by_channel(
+    assets: Sequence[AssetsDefinition], partitions_def: StaticPartitionsDefinition | None
+) -> list[AssetsDefinition]:
+    """The assets, each partitioned by channel when channels are configured."""
+    if partitions_def is None:
+        return list(assets)
+    return [
+        asset.map_asset_specs(lambda spec: spec.replace_attributes(partitions_def=partitions_def))
+        for asset in assets
+    ]
+
+
 def build_definitions(settings: Settings) -> Definitions:
+    channel_partitions_def = build_channel_partitions_def(settings.channels)
     return Definitions(
-        assets=[
-            nixpkgs_packages,
-            package_embeddings,
-            bedrock_embedding_jobs,
-            minified_dataset,
-            lambda_layer_version,
-        ],
+        assets=partition_by_channel(
+            [
+                nixpkgs_packages,
+                package_embeddings,
+                bedrock_embedding_jobs,
+                minified_dataset,
+                lambda_layer_version,
+            ],
+            channel_partitions_def,
+        ),
         asset_checks=[
             attr_path_unique_and_non_empty,
             row_count_not_collapsed,
@@ -112,7 +140,7 @@ def build_definitions(settings: Settings) -> Definitions:
             embedding_ingest_job,
             minified_job,
         ],
-        schedules=[full_job_schedule],
+        schedules=[build_full_job_schedule(schedule_cron(), settings.channels)],
         sensors=[build_bedrock_batch_sensor(settings.bedrock_poll_interval)],
         resources=build_resources(settings),
     )

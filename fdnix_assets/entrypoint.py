@@ -8,6 +8,10 @@ process and exits with a code a scheduler can act on:
 - 2: the configuration is unusable (the message names the variable) or the job is unknown;
 - 130: the run was interrupted (SIGINT, or SIGTERM from ``docker stop``).
 
+With channels (``FDNIX_CHANNELS``) the job runs once per channel partition, one channel
+after the other, each with its own summary line; a failed channel does not stop the next
+one, and the exit code is 1 when any failed. ``FDNIX_CHANNEL`` runs just that one channel.
+
 With ``DAGSTER_HOME`` set the run is recorded in that instance (the image sets one), so the
 Dagster UI pointed at the same home shows its history; without it the run uses a temporary
 instance that disappears on exit.
@@ -50,15 +54,15 @@ class RunSummary:
     failed_step: str | None = None
     error: str | None = None
     interrupted: bool = False
+    channel: str | None = None
 
     @property
     def succeeded(self) -> bool:
         return self.status == "SUCCESS"
 
     def line(self) -> str:
-        text = (
-            f"{PREFIX} run {self.run_id} of {self.job_name} {self.status} in {self.seconds:.1f} s"
-        )
+        target = f"{self.job_name} for {self.channel}" if self.channel else self.job_name
+        text = f"{PREFIX} run {self.run_id} of {target} {self.status} in {self.seconds:.1f} s"
         if self.failed_step:
             text += f"; step {self.failed_step} failed"
         if self.error:
@@ -72,7 +76,9 @@ def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
     return collapsed if len(collapsed) <= limit else collapsed[: limit - 1] + "…"
 
 
-def summarize(result: ExecuteInProcessResult, job_name: str, seconds: float) -> RunSummary:
+def summarize(
+    result: ExecuteInProcessResult, job_name: str, seconds: float, channel: str | None = None
+) -> RunSummary:
     """Reads the run's status and its first failed step (with the error) from its events."""
     failed_step: str | None = None
     error: str | None = None
@@ -100,6 +106,7 @@ def summarize(result: ExecuteInProcessResult, job_name: str, seconds: float) -> 
         failed_step=failed_step,
         error=one_line(error) if error else None,
         interrupted=interrupted,
+        channel=channel,
     )
 
 
@@ -132,19 +139,24 @@ def resolve_job(settings: Settings) -> JobDefinition:
     return jobs[settings.job_name]
 
 
-def run_job(job: JobDefinition, settings: Settings) -> RunSummary:
-    """Runs ``job`` in this process and summarizes the run."""
+def channels_to_run(settings: Settings) -> list[str | None]:
+    """The channel partitions to run in turn: FDNIX_CHANNEL, else every channel, else none."""
+    if settings.channel is not None:
+        return [settings.channel]
+    return list(settings.channels) or [None]
+
+
+def run_job(job: JobDefinition, settings: Settings, channel: str | None = None) -> RunSummary:
+    """Runs ``job`` (for one channel partition, with channels) in this process."""
     started = time.monotonic()
+    tags = {"fdnix/processing-mode": settings.processing_mode, "fdnix/launched-by": "entrypoint"}
+    if channel is not None:
+        tags["fdnix/channel"] = channel
     with open_instance() as instance:
         result = job.execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            tags={
-                "fdnix/processing-mode": settings.processing_mode,
-                "fdnix/launched-by": "entrypoint",
-            },
+            instance=instance, raise_on_error=False, tags=tags, partition_key=channel
         )
-        return summarize(result, job.name, time.monotonic() - started)
+        return summarize(result, job.name, time.monotonic() - started, channel)
 
 
 def _interrupt_on_sigterm() -> None:
@@ -176,32 +188,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PREFIX} configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIGURATION
 
+    channels = channels_to_run(settings)
+    for_channels = (
+        f" for channel{'s' if len(channels) > 1 else ''} {', '.join(map(str, channels))}"
+        if channels != [None]
+        else ""
+    )
     if arguments.check:
         print(
             f"{PREFIX} configuration is valid; PROCESSING_MODE={settings.processing_mode} "
-            f"runs {job.name}"
+            f"runs {job.name}{for_channels}"
         )
         return EXIT_SUCCESS
 
     _interrupt_on_sigterm()
-    print(f"{PREFIX} PROCESSING_MODE={settings.processing_mode}: running {job.name}", flush=True)
-    try:
-        summary = run_job(job, settings)
-    except KeyboardInterrupt:
-        print(f"{PREFIX} {job.name} interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as error:
-        # Failures inside steps are in the summary; this is the run failing to start at all.
+    print(
+        f"{PREFIX} PROCESSING_MODE={settings.processing_mode}: running {job.name}{for_channels}",
+        flush=True,
+    )
+    failed = []
+    for channel in channels:
+        name = f"{job.name} for {channel}" if channel else job.name
+        try:
+            summary = run_job(job, settings, channel)
+        except KeyboardInterrupt:
+            print(f"{PREFIX} {name} interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as error:
+            # Failures inside steps are in the summary; this is the run failing to start.
+            print(
+                f"{PREFIX} {name} could not run: {type(error).__name__}: {one_line(str(error))}",
+                file=sys.stderr,
+            )
+            failed.append(channel)
+            continue
+        print(summary.line(), file=sys.stdout if summary.succeeded else sys.stderr, flush=True)
+        if summary.interrupted:
+            return EXIT_INTERRUPTED
+        if not summary.succeeded:
+            failed.append(channel)
+    if len(channels) > 1:
         print(
-            f"{PREFIX} {job.name} could not run: {type(error).__name__}: {one_line(str(error))}",
-            file=sys.stderr,
+            f"{PREFIX} {len(channels) - len(failed)} of {len(channels)} channels succeeded"
+            + (f"; failed: {', '.join(map(str, failed))}" if failed else ""),
+            file=sys.stderr if failed else sys.stdout,
+            flush=True,
         )
-        return EXIT_RUN_FAILED
-
-    print(summary.line(), file=sys.stdout if summary.succeeded else sys.stderr, flush=True)
-    if summary.succeeded:
-        return EXIT_SUCCESS
-    return EXIT_INTERRUPTED if summary.interrupted else EXIT_RUN_FAILED
+    return EXIT_RUN_FAILED if failed else EXIT_SUCCESS
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Why an IO manager rather than assets that upload themselves: storing is the same
 dataset asset (snapshot, verify, move the pointer, prune), the assets stay free of S3 and
 local-disk details, and Dagster wires each downstream asset to the snapshot its upstream
 published, with the storage metadata attached to the materialization in one place.
+
+With channels (FDNIX_CHANNELS) the assets are partitioned by channel and each partition is
+published to and read from its channel's own prefix.
 """
 
 import shutil
@@ -49,8 +52,18 @@ class DatasetIOManager(ConfigurableIOManager):
 
     storage: ResourceDependency[DatasetStorage]
 
+    def _storage_for(self, context: OutputContext | InputContext) -> DatasetStorage:
+        """The storage of the partition's channel (FDNIX_CHANNELS), or the only storage.
+
+        An asset check is not partitioned, so its input spans every channel's partition;
+        it reads the channel of the run it is part of, which the storage knows from the run.
+        """
+        if context.has_asset_partitions and len(context.asset_partition_keys) == 1:
+            return self.storage.for_channel(context.asset_partition_keys[0])
+        return self.storage
+
     def handle_output(self, context: OutputContext, obj: StagedDataset) -> None:
-        store = self.storage.store(dataset_kind(context.definition_metadata))
+        store = self._storage_for(context).store(dataset_kind(context.definition_metadata))
         report = store.publish(obj.path, new_snapshot_id(context.run_id))
         shutil.rmtree(obj.path, ignore_errors=True)
         context.log.info(
@@ -72,7 +85,7 @@ class DatasetIOManager(ConfigurableIOManager):
         upstream = context.upstream_output
         if upstream is None:
             raise ValueError("DatasetIOManager loads only the outputs of upstream assets")
-        store = self.storage.store(dataset_kind(upstream.definition_metadata))
+        store = self._storage_for(context).store(dataset_kind(upstream.definition_metadata))
         snapshot = store.require_latest()
         context.log.info(f"reading {store.dataset} snapshot {snapshot.uri}")
         return snapshot

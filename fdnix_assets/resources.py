@@ -3,12 +3,19 @@
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
+from fdnix_assets.channels import (
+    channel_key,
+    channel_path,
+    channel_source,
+    require_channel,
+    run_channel,
+)
 from fdnix_assets.nix.extract import DEFAULT_TIMEOUT_SECONDS, Listing, fetch_dump, run_nix_env
 from fdnix_assets.storage import (
     DEFAULT_RETENTION,
@@ -33,7 +40,37 @@ class LocalCopy:
     seconds: float = 0.0
 
 
-class DatasetStorage(ConfigurableResource):
+class ChannelScopedResource(ConfigurableResource):
+    """A resource that serves one nixpkgs channel per run when FDNIX_CHANNELS is set.
+
+    The channel is the run's partition key (its ``dagster/partition`` tag), read when the
+    resource is set up for the run, so an asset or check that uses the resource reaches its
+    channel's source and storage without passing the channel around. Without channels the
+    resource is exactly what it is configured to be.
+    """
+
+    channels: list[str] = Field(
+        default_factory=list, description="FDNIX_CHANNELS: one static partition per channel."
+    )
+    _channel: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        run = context.dagster_run
+        self._channel = run_channel(run.tags if run else {}, self.channels)
+
+    @property
+    def channel(self) -> str | None:
+        """The run's channel; raises when channels are in use and the run names none."""
+        return require_channel(self._channel, self.channels, type(self).__name__)
+
+    def for_channel(self, channel: str | None) -> Self:
+        """This resource serving ``channel`` (for IO managers, tests and tools)."""
+        scoped = self.model_copy()
+        scoped._channel = require_channel(channel, self.channels, type(self).__name__)
+        return scoped
+
+
+class DatasetStorage(ChannelScopedResource):
     """Snapshots of both datasets: in S3 when ``artifacts_bucket`` is set, else on local disk.
 
     In S3 each dataset lives under its key prefix (``LANCEDB_DATA_KEY``,
@@ -41,6 +78,9 @@ class DatasetStorage(ConfigurableResource):
     :mod:`fdnix_assets.storage_s3`); locally, under the output paths (see
     :class:`~fdnix_assets.storage.LocalDatasetStore`). The S3 client comes from dagster-aws's
     ``S3Resource``; boto3 itself reads ``AWS_ENDPOINT_URL_S3`` for the endpoint.
+
+    With channels (FDNIX_CHANNELS) each channel's datasets live one directory down, under
+    the channel's name: ``out/<channel>/fdnix-data.lancedb``, ``snapshots/<channel>/...``.
     """
 
     output_path: str = Field(description="Local main dataset path (OUTPUT_PATH).")
@@ -66,16 +106,25 @@ class DatasetStorage(ConfigurableResource):
     @property
     def work_dir(self) -> Path:
         """Scratch space beside the local outputs, so finished datasets move in by rename."""
-        return Path(self.output_path).absolute().parent / ".fdnix-work"
+        return self.dataset_path("main").absolute().parent / ".fdnix-work"
+
+    def dataset_path(self, kind: DatasetKind) -> Path:
+        """The local path of a dataset (the run's channel's, with channels)."""
+        configured = self.output_path if kind == "main" else self.output_minified_path
+        return channel_path(configured, self.channel)
+
+    def key_prefix(self, kind: DatasetKind) -> str:
+        """The S3 key prefix of a dataset (the run's channel's, with channels)."""
+        return channel_key(self.data_key if kind == "main" else self.minified_key, self.channel)
 
     def store(self, kind: DatasetKind) -> DatasetStore:
-        local_path = Path(self.output_path if kind == "main" else self.output_minified_path)
+        local_path = self.dataset_path(kind)
         if self.artifacts_bucket is None:
             return LocalDatasetStore(local_path, retention=self.retention)
         return S3DatasetStore(
             client=self.s3.get_client(),
             bucket=self.artifacts_bucket,
-            prefix=self.data_key if kind == "main" else self.minified_key,
+            prefix=self.key_prefix(kind),
             dataset=local_path.name,
             region=self.region,
             retention=self.retention,
@@ -98,7 +147,8 @@ class DatasetStorage(ConfigurableResource):
         Raises :class:`~fdnix_assets.storage.StorageError` when there is no snapshot yet.
         """
         started = time.perf_counter()
-        explicit = path if path is not None else (self.lancedb_path if kind == "main" else None)
+        lancedb_path = channel_path(self.lancedb_path, self.channel) if self.lancedb_path else None
+        explicit = path if path is not None else (lancedb_path if kind == "main" else None)
         store = self.store(kind)
         if explicit is not None:
             target = Path(explicit).absolute()
@@ -122,8 +172,11 @@ class DatasetStorage(ConfigurableResource):
         )
 
 
-class NixpkgsSource(ConfigurableResource):
-    """What the metadata phase reads: ``nix-env`` on NIXPKGS, or the NIXPKGS_JSON dump."""
+class NixpkgsSource(ChannelScopedResource):
+    """What the metadata phase reads: ``nix-env`` on NIXPKGS, or the NIXPKGS_JSON dump.
+
+    With channels, ``{channel}`` in either is replaced by the run's channel.
+    """
 
     nixpkgs: str = Field(default="<nixpkgs>", description="NIXPKGS: path, <nixpkgs> or URL.")
     nixpkgs_json: str | None = Field(default=None, description="NIXPKGS_JSON: a ready dump.")
@@ -132,11 +185,19 @@ class NixpkgsSource(ConfigurableResource):
 
     @property
     def description(self) -> str:
-        return self.nixpkgs_json or self.nixpkgs
+        return channel_source(self.nixpkgs_json or self.nixpkgs, self.channel)
 
     def fetch(self, work_dir: Path, log: Any) -> Listing:
         if self.nixpkgs_json:
             return fetch_dump(
-                self.nixpkgs_json, work_dir, s3_client_factory=self.s3.get_client, log=log
+                channel_source(self.nixpkgs_json, self.channel),
+                work_dir,
+                s3_client_factory=self.s3.get_client,
+                log=log,
             )
-        return run_nix_env(self.nixpkgs, work_dir, timeout_seconds=self.timeout_seconds, log=log)
+        return run_nix_env(
+            channel_source(self.nixpkgs, self.channel),
+            work_dir,
+            timeout_seconds=self.timeout_seconds,
+            log=log,
+        )

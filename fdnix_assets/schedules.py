@@ -3,12 +3,22 @@
 The schedule ships stopped so that deploying fdnix never starts a multi-hour run (and Bedrock
 spending) by surprise. Turn it on in the UI (Automation -> full_job_schedule -> toggle) or
 with ``dagster schedule start full_job_schedule -w workspace.yaml``.
+
+With channels (FDNIX_CHANNELS) each tick asks for one run of ``full_job`` per channel
+partition; the instance's concurrency limit on ``dagster/partition`` keeps two runs of the
+same channel apart while different channels run side by side.
 """
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from dagster import DefaultScheduleStatus, ScheduleDefinition
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    schedule,
+)
 from dagster._utils.schedules import is_valid_cron_string
 
 from fdnix_assets.jobs import full_job
@@ -31,20 +41,45 @@ def schedule_cron(environ: Mapping[str, str] | None = None) -> str:
     return cron
 
 
-def build_full_job_schedule(cron: str) -> ScheduleDefinition:
-    """A schedule of ``full_job`` on ``cron`` in UTC that starts stopped."""
-    return ScheduleDefinition(
+def channel_run_requests(channels: Sequence[str]) -> list[RunRequest]:
+    """One ``full_job`` run per channel partition; the run key keeps a tick from asking twice."""
+    return [
+        RunRequest(run_key=channel, partition_key=channel, tags={"fdnix/channel": channel})
+        for channel in channels
+    ]
+
+
+def build_full_job_schedule(cron: str, channels: Sequence[str] = ()) -> ScheduleDefinition:
+    """A schedule of ``full_job`` on ``cron`` in UTC that starts stopped.
+
+    With ``channels`` every tick runs ``full_job`` once per channel.
+    """
+    description = (
+        f"Rebuilds every dataset (full_job) at '{cron}' {SCHEDULE_TIMEZONE}"
+        + (f", once per channel ({', '.join(channels)})" if channels else "")
+        + f"; set {SCHEDULE_CRON_VARIABLE} to change when. Ships stopped: turn it on here or "
+        "with `dagster schedule start full_job_schedule`."
+    )
+    if not channels:
+        return ScheduleDefinition(
+            name="full_job_schedule",
+            job=full_job,
+            cron_schedule=cron,
+            execution_timezone=SCHEDULE_TIMEZONE,
+            default_status=DefaultScheduleStatus.STOPPED,
+            description=description,
+        )
+    channel_list = tuple(channels)
+
+    @schedule(
         name="full_job_schedule",
         job=full_job,
         cron_schedule=cron,
         execution_timezone=SCHEDULE_TIMEZONE,
         default_status=DefaultScheduleStatus.STOPPED,
-        description=(
-            f"Rebuilds every dataset (full_job) at '{cron}' {SCHEDULE_TIMEZONE}; set "
-            f"{SCHEDULE_CRON_VARIABLE} to change when. Ships stopped: turn it on here or with "
-            "`dagster schedule start full_job_schedule`."
-        ),
+        description=description,
     )
+    def full_job_schedule(context: ScheduleEvaluationContext) -> list[RunRequest]:
+        return channel_run_requests(channel_list)
 
-
-full_job_schedule = build_full_job_schedule(schedule_cron())
+    return full_job_schedule

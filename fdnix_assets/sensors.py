@@ -8,6 +8,9 @@ asset's materializations rather than ``@asset_sensor``: an asset sensor moves it
 past a materialization on the first tick that sees it, and these jobs take hours. The cursor
 holds the last materialization read plus the submissions still waiting.
 
+With channels (FDNIX_CHANNELS) each submission is a materialization of one channel's
+partition, and the ingest run continues that same partition.
+
 Each tick makes one ``GetModelInvocationJob`` call per waiting job and never sleeps (ticks
 time out after 60 s); the tick interval is ``BEDROCK_POLL_INTERVAL``. A submission still
 running ``BEDROCK_MAX_WAIT_TIME`` seconds after it was recorded has its jobs stopped; the
@@ -48,10 +51,15 @@ class PendingSubmission:
     arns: list[str]
     recorded_at: float
     stop_requested: bool = False
+    # The channel partition the jobs were submitted for; None without channels.
+    partition: str | None = None
 
     @property
     def run_key(self) -> str:
-        return ",".join(self.arns) if self.arns else f"bedrock_embedding_jobs:{self.storage_id}"
+        key = ",".join(self.arns) if self.arns else f"bedrock_embedding_jobs:{self.storage_id}"
+        # Two channels with the same new texts share job names (digests of the texts), so
+        # the channel is part of the key: each channel ingests them into its own dataset.
+        return f"{self.partition}:{key}" if self.partition else key
 
 
 @dataclass
@@ -87,6 +95,7 @@ def submission_arns(metadata: dict[str, Any]) -> list[str]:
 def ingest_run_request(submission: PendingSubmission, statuses: dict[str, str]) -> RunRequest:
     return RunRequest(
         run_key=submission.run_key,
+        partition_key=submission.partition,
         run_config={
             "ops": {"package_embeddings": {"config": {"resubmit_failed_jobs": False}}},
         },
@@ -107,10 +116,15 @@ def evaluate_bedrock_jobs(
     now = time.time() if now is None else now
     cursor = BedrockSensorCursor.parse(context.cursor)
     if cursor.after_storage_id is None:
-        # First tick: only the latest submission matters, not the asset's whole history.
-        records = context.instance.fetch_materializations(
-            SUBMISSION_ASSET, limit=1, ascending=False
+        # First tick: only the latest submission (of each channel) matters, not the asset's
+        # whole history.
+        latest = context.instance.fetch_materializations(
+            SUBMISSION_ASSET, limit=MATERIALIZATIONS_PER_TICK, ascending=False
         ).records
+        latest_by_partition = {}
+        for record in latest:
+            latest_by_partition.setdefault(record.partition_key, record)
+        records = sorted(latest_by_partition.values(), key=lambda record: record.storage_id)
     else:
         records = context.instance.fetch_materializations(
             AssetRecordsFilter(
@@ -127,6 +141,7 @@ def evaluate_bedrock_jobs(
                 storage_id=record.storage_id,
                 arns=submission_arns(metadata),
                 recorded_at=record.timestamp,
+                partition=record.partition_key,
             )
         )
         cursor.after_storage_id = record.storage_id
@@ -146,7 +161,9 @@ def evaluate_bedrock_jobs(
         running = [arn for arn, status in statuses.items() if status not in TERMINAL_STATUSES]
         if not running:
             context.log.info(
-                f"Bedrock submission {submission.storage_id} ended "
+                f"Bedrock submission {submission.storage_id}"
+                + (f" for channel {submission.partition}" if submission.partition else "")
+                + " ended "
                 f"({', '.join(sorted(set(statuses.values()))) or 'no jobs'}): launching ingest"
             )
             run_requests.append(ingest_run_request(submission, statuses))

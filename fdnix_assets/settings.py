@@ -10,10 +10,20 @@ from __future__ import annotations
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from fdnix_assets.channels import (
+    CHANNEL_PLACEHOLDER,
+    CHANNEL_VARIABLE,
+    CHANNELS_VARIABLE,
+    DEFAULT_CHANNEL_NIXPKGS,
+    ChannelError,
+    channel_layer_arn,
+    channel_source,
+    parse_channels,
+)
 from fdnix_assets.nix.extract import redact_url
 
 PROCESSING_MODES = {
@@ -155,6 +165,10 @@ class Settings:
     fts_stemmer: str | None = "english"
     vector_index_partitions: int | None = None
     vector_index_sub_vectors: int | None = None
+    # FDNIX_CHANNELS: one static partition per channel; empty means no partitions.
+    channels: tuple[str, ...] = ()
+    # FDNIX_CHANNEL: the one channel the entry point runs (default: each in turn).
+    channel: str | None = None
 
     @property
     def job_name(self) -> str:
@@ -233,12 +247,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "(arn:aws:iam::<12-digit account>:role/<name>)"
         )
 
+    channels, channel = _channel_settings(get)
+    sources = _channel_sources(get, channels)
+
     layer_arn = get("LAYER_ARN")
+    _check_placeholder("LAYER_ARN", layer_arn, channels)
+    # Each channel publishes its own layer; the name must be valid for every one of them.
+    layer_arns = [channel_layer_arn(layer_arn, name) for name in channels] or [layer_arn]
     # A bare layer name is what PublishLayerVersion takes too.
-    if (
-        layer_arn is not None
-        and not _LAYER_ARN_RE.match(layer_arn)
-        and not _LAYER_NAME_RE.match(layer_arn)
+    if layer_arn is not None and not all(
+        _LAYER_ARN_RE.match(arn) or _LAYER_NAME_RE.match(arn) for arn in layer_arns if arn
     ):
         raise SettingsError(
             f"LAYER_ARN={layer_arn!r} is not a Lambda layer ARN "
@@ -265,12 +283,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(
         aws_region=region,
         processing_mode=mode,
-        nixpkgs=validate_nixpkgs("NIXPKGS", get("NIXPKGS") or "<nixpkgs>"),
-        nixpkgs_json=(
-            None
-            if get("NIXPKGS_JSON") is None
-            else validate_listing_source("NIXPKGS_JSON", str(get("NIXPKGS_JSON")))
-        ),
+        nixpkgs=sources.nixpkgs,
+        nixpkgs_json=sources.nixpkgs_json,
         output_path=output_path,
         output_minified_path=minified_path,
         lancedb_path=Path(lancedb_path) if lancedb_path else None,
@@ -302,7 +316,71 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         vector_index_sub_vectors=(
             None if sub_vectors is None else _parse_int("VECTOR_INDEX_SUB_VECTORS", sub_vectors, 1)
         ),
+        channels=channels,
+        channel=channel,
     )
     if backend == "bedrock" and role_arn is None:
         raise SettingsError("EMBEDDING_BACKEND=bedrock needs BEDROCK_ROLE_ARN (the batch job role)")
     return settings
+
+
+@dataclass(frozen=True)
+class _Sources:
+    nixpkgs: str
+    nixpkgs_json: str | None
+
+
+def _check_placeholder(name: str, value: str | None, channels: tuple[str, ...]) -> None:
+    if value is not None and CHANNEL_PLACEHOLDER in value and not channels:
+        raise SettingsError(
+            f"{name}={redact_url(value)!r} holds {CHANNEL_PLACEHOLDER}, but {CHANNELS_VARIABLE} "
+            "is not set: list the channels (e.g. FDNIX_CHANNELS=nixos-unstable,nixos-25.11)"
+        )
+
+
+def _channel_settings(
+    get: Callable[[str], str | None],
+) -> tuple[tuple[str, ...], str | None]:
+    """FDNIX_CHANNELS (the partitions) and FDNIX_CHANNEL (the one the entry point runs)."""
+    raw = get(CHANNELS_VARIABLE)
+    channels: tuple[str, ...] = ()
+    if raw is not None:
+        try:
+            channels = parse_channels(raw)
+        except ChannelError as error:
+            raise SettingsError(f"{CHANNELS_VARIABLE}={raw!r}: {error}") from None
+    channel = get(CHANNEL_VARIABLE)
+    if channel is not None and channel not in channels:
+        listed = (
+            f"not one of {CHANNELS_VARIABLE} ({', '.join(channels)})"
+            if channels
+            else f"set, but {CHANNELS_VARIABLE} is not: list the channels there"
+        )
+        raise SettingsError(f"{CHANNEL_VARIABLE}={channel!r} is {listed}")
+    return channels, channel
+
+
+def _channel_sources(get: Callable[[str], str | None], channels: tuple[str, ...]) -> _Sources:
+    """NIXPKGS and NIXPKGS_JSON, validated as every channel will see them.
+
+    With channels, NIXPKGS defaults to the channel's tarball on channels.nixos.org, and the
+    source that is read must name ``{channel}`` when there are several channels: otherwise
+    every channel would index the same packages.
+    """
+    raw_nixpkgs = get("NIXPKGS")
+    raw_json = get("NIXPKGS_JSON")
+    for name, value in (("NIXPKGS", raw_nixpkgs), ("NIXPKGS_JSON", raw_json)):
+        _check_placeholder(name, value, channels)
+    nixpkgs = raw_nixpkgs or (DEFAULT_CHANNEL_NIXPKGS if channels else "<nixpkgs>")
+    read_name, read_value = ("NIXPKGS_JSON", raw_json) if raw_json else ("NIXPKGS", nixpkgs)
+    if len(channels) > 1 and CHANNEL_PLACEHOLDER not in read_value:
+        raise SettingsError(
+            f"{read_name}={redact_url(read_value)!r} has no {CHANNEL_PLACEHOLDER} placeholder, "
+            f"but {CHANNELS_VARIABLE} lists {len(channels)} channels: every channel would index "
+            f"the same packages (e.g. {read_name}=.../{CHANNEL_PLACEHOLDER}/...)"
+        )
+    for channel in channels or (None,):
+        validate_nixpkgs("NIXPKGS", channel_source(nixpkgs, channel))
+        if raw_json is not None:
+            validate_listing_source("NIXPKGS_JSON", channel_source(raw_json, channel))
+    return _Sources(nixpkgs=nixpkgs, nixpkgs_json=raw_json)

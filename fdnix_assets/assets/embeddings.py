@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 import numpy as np
 from botocore.exceptions import ClientError
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    AssetRecordsFilter,
     Config,
     Failure,
     MaterializeResult,
@@ -56,6 +58,7 @@ SHOWN_LIMIT = 50
 JOB_ARNS_METADATA_KEY = "job_arns"
 CHECK_SAMPLE_ROWS = 2_000
 UNIT_NORM_TOLERANCE = 0.02
+DEFAULT_MIN_VECTOR_COVERAGE = 0.99
 
 
 class EmbeddingConfig(Config):
@@ -276,15 +279,39 @@ def bedrock_embedding_jobs(
     )
 
 
+class VectorCoverageConfig(Config):
+    min_coverage: float = Field(
+        default=DEFAULT_MIN_VECTOR_COVERAGE,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Below this fraction of packages with a vector the check fails with ERROR and "
+            "blocks the minified dataset; between it and 1 it only warns."
+        ),
+    )
+
+
 @asset_check(
     asset=package_embeddings,
     name="vector_coverage",
-    description="Every package has a vector (packages without one are only found by text).",
+    blocking=True,
+    description=(
+        "Every package has a vector (packages without one are only found by text). A few "
+        f"missing warn; fewer than min_coverage (default {DEFAULT_MIN_VECTOR_COVERAGE:.0%}) "
+        "with a vector fails and blocks the minified dataset."
+    ),
 )
-def vector_coverage_check(package_embeddings: Snapshot) -> AssetCheckResult:
+def vector_coverage_check(
+    context: AssetCheckExecutionContext,
+    config: VectorCoverageConfig,
+    package_embeddings: Snapshot,
+) -> AssetCheckResult:
     table = open_packages(package_embeddings)
     rows = table.count_rows()
     missing = table.count_rows("vector IS NULL")
+    coverage = (rows - missing) / rows if rows else 0.0
+    # A run that embedded only a sample (embed_sample) leaves the rest null on purpose.
+    sampled = _recorded_embed_sample(context) > 0
     sample = (
         table.search()
         .where("vector IS NULL")
@@ -297,19 +324,41 @@ def vector_coverage_check(package_embeddings: Snapshot) -> AssetCheckResult:
     )
     return AssetCheckResult(
         passed=missing == 0,
-        severity=AssetCheckSeverity.WARN,
+        severity=(
+            AssetCheckSeverity.WARN
+            if sampled or coverage >= config.min_coverage
+            else AssetCheckSeverity.ERROR
+        ),
         description=(
             "every package has a vector"
             if missing == 0
-            else f"{missing:,} of {rows:,} packages have no vector"
+            else f"{missing:,} of {rows:,} packages have no vector "
+            f"(coverage {coverage:.2%}, minimum {config.min_coverage:.2%}"
+            + (", an embed_sample run)" if sampled else ")")
         ),
         metadata={
             "rows": rows,
             "rows_without_vector": missing,
-            "coverage": round((rows - missing) / rows, 6) if rows else 0.0,
+            "coverage": round(coverage, 6),
+            "min_coverage": config.min_coverage,
             "without_vector_sample": MetadataValue.json(sample),
         },
     )
+
+
+def _recorded_embed_sample(context: AssetCheckExecutionContext) -> int:
+    """The embed_sample of the latest materialization (of the run's channel partition)."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=package_embeddings.key,
+            asset_partitions=[context.partition_key] if context.has_partition_key else None,
+        ),
+        limit=1,
+        ascending=False,
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    value = materialization.metadata.get("embed_sample") if materialization else None
+    return int(value.value) if value is not None else 0  # type: ignore[arg-type]
 
 
 @asset_check(

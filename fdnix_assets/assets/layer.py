@@ -24,7 +24,6 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetSpec,
-    ConfigurableResource,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -34,6 +33,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 import fdnix_assets
+from fdnix_assets.channels import channel_layer_arn
 from fdnix_assets.layer import (
     COMPATIBLE_ARCHITECTURES,
     COMPATIBLE_RUNTIMES,
@@ -56,7 +56,7 @@ from fdnix_assets.layer import (
     publish_layer_zip,
     third_party_imports,
 )
-from fdnix_assets.resources import DatasetStorage
+from fdnix_assets.resources import ChannelScopedResource, DatasetStorage
 from fdnix_assets.storage import Snapshot
 
 LAYER_ASSET = AssetKey("lambda_layer_version")
@@ -64,10 +64,12 @@ LAYER_SIZE_CHECK = "layer_fits_lambda_limits"
 CODE_DIR = Path(fdnix_assets.__file__).resolve().parent
 
 
-class LambdaLayerPublisher(ConfigurableResource):
+class LambdaLayerPublisher(ChannelScopedResource):
     """Where and how the minified dataset is published as a Lambda layer.
 
-    The Lambda client's endpoint comes from boto3's own ``AWS_ENDPOINT_URL_LAMBDA``.
+    The Lambda client's endpoint comes from boto3's own ``AWS_ENDPOINT_URL_LAMBDA``. With
+    channels (FDNIX_CHANNELS) each channel publishes its own layer (see
+    :func:`~fdnix_assets.channels.channel_layer_arn`).
     """
 
     enabled: bool = Field(default=False, description="PUBLISH_LAYER: publish at all.")
@@ -98,6 +100,11 @@ class LambdaLayerPublisher(ConfigurableResource):
     compatible_architectures: list[str] = Field(default=list(COMPATIBLE_ARCHITECTURES))
     # Required: Dagster fills a nested resource's default_factory with None (1.13).
     s3: S3Resource = Field(description="Uploads the zip; boto3 reads AWS_ENDPOINT_URL_S3.")
+
+    @property
+    def target_layer_arn(self) -> str | None:
+        """LAYER_ARN for the run's channel (LAYER_ARN itself without channels)."""
+        return channel_layer_arn(self.layer_arn, self.channel)
 
     @property
     def budget(self) -> SizeBudget:
@@ -178,7 +185,7 @@ def lambda_layer_version(
         )
         return
     try:
-        target = parse_layer_target(layer_publisher.layer_arn)
+        target = parse_layer_target(layer_publisher.target_layer_arn)
     except LayerError as error:
         raise Failure(description=str(error)) from None
 
@@ -228,11 +235,18 @@ def lambda_layer_version(
         publish_started = time.perf_counter()
         request = PublishRequest(
             target=target,
-            dataset=minified_dataset.dataset,
+            dataset=(
+                f"{dataset_storage.channel}/{minified_dataset.dataset}"
+                if dataset_storage.channel
+                else minified_dataset.dataset
+            ),
             snapshot_id=minified_dataset.snapshot_id,
             artifacts_bucket=layer_publisher.artifacts_bucket,
             key_prefix=layer_publisher.key_prefix,
-            dataset_prefixes=(dataset_storage.data_key, dataset_storage.minified_key),
+            dataset_prefixes=(
+                dataset_storage.key_prefix("main"),
+                dataset_storage.key_prefix("minified"),
+            ),
             keep_versions=layer_publisher.keep_versions,
             budget=budget,
             runtimes=tuple(layer_publisher.compatible_runtimes),

@@ -11,6 +11,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetIn,
+    AssetRecordsFilter,
     Config,
     ConfigurableResource,
     Failure,
@@ -21,18 +22,23 @@ from dagster import (
 )
 from pydantic import Field
 
+from fdnix_assets.assets.layer import LambdaLayerPublisher
 from fdnix_assets.embedding.resource import VectorIndexSettings
 from fdnix_assets.io_managers import DATASET_METADATA_KEY, StagedDataset
+from fdnix_assets.layer import SizeBudget
 from fdnix_assets.minify import MinifyError, MinifyOptions, MinifyReport, build_minified
 from fdnix_assets.resources import DatasetStorage
 from fdnix_assets.search import PackageSearch, SearchError
 from fdnix_assets.storage import Snapshot
 
-# The minified dataset ships in a Lambda layer: 250 MiB unzipped for a function and all its
+# The minified dataset ships in a Lambda layer: 250 MB unzipped for a function and all its
 # layers. Above the target it still fits but leaves little room to grow; above the limit
-# (what the layer leaves after its code and dependencies) it cannot be published.
+# (what the layer publisher's budget leaves after the function's package and other layers)
+# it cannot be published.
 SIZE_TARGET_BYTES = 150_000_000
-SIZE_LIMIT_BYTES = 200 * 1024 * 1024
+SIZE_LIMIT_BYTES = SizeBudget().layer_allowance_bytes
+SMOKE_CHECK = "minified_smoke_search"
+SIZE_CHECK = "minified_size_budget"
 SMOKE_SAMPLE = 12
 SMOKE_SEED = 20261125
 
@@ -204,12 +210,15 @@ def minified_dataset(
     return Output(StagedDataset(path=staged, rows=report.rows), metadata=metadata)
 
 
+# Both checks block: when one fails, nothing downstream (the Lambda layer) runs in that run,
+# so a dataset that cannot answer searches or cannot fit the layer never ships.
 @asset_check(
     asset=minified_dataset,
-    name="minified_smoke_search",
+    name=SMOKE_CHECK,
+    blocking=True,
     description=(
         "The published dataset answers searches: sampled packages come back first when "
-        "searched by attribute path."
+        "searched by attribute path. Blocking: a failure stops the layer from publishing."
     ),
 )
 def minified_smoke_search_check(minified_dataset: Snapshot) -> AssetCheckResult:
@@ -235,19 +244,25 @@ def minified_smoke_search_check(minified_dataset: Snapshot) -> AssetCheckResult:
 
 @asset_check(
     asset=minified_dataset,
-    name="minified_size_budget",
+    name=SIZE_CHECK,
+    blocking=True,
     description=(
         f"The dataset fits the Lambda layer: under {SIZE_TARGET_BYTES / 1e6:.0f} MB is the "
-        f"target (room to grow); above {SIZE_LIMIT_BYTES / 2**20:.0f} MiB it cannot ship."
+        "target (room to grow; above it the check warns); above what the layer budget leaves "
+        f"for the dataset ({SIZE_LIMIT_BYTES / 2**20:.0f} MiB by default) it cannot ship, and "
+        "the failure blocks the layer."
     ),
 )
 def minified_size_check(
-    context: AssetCheckExecutionContext, minified_dataset: Snapshot
+    context: AssetCheckExecutionContext,
+    minified_dataset: Snapshot,
+    layer_publisher: LambdaLayerPublisher,
 ) -> AssetCheckResult:
     size = _published_bytes(context)
+    limit = layer_publisher.budget.layer_allowance_bytes
     if size is None:
         return AssetCheckResult(passed=False, description="the materialization recorded no size")
-    if size > SIZE_LIMIT_BYTES:
+    if size > limit:
         severity, passed = AssetCheckSeverity.ERROR, False
     elif size > SIZE_TARGET_BYTES:
         severity, passed = AssetCheckSeverity.WARN, False
@@ -256,14 +271,25 @@ def minified_size_check(
     return AssetCheckResult(
         passed=passed,
         severity=severity,
-        description=f"{size / 1e6:.1f} MB (target {SIZE_TARGET_BYTES / 1e6:.0f} MB)",
-        metadata={"total_bytes": size, "target_bytes": SIZE_TARGET_BYTES},
+        description=(
+            f"{size / 1e6:.1f} MB (target {SIZE_TARGET_BYTES / 1e6:.0f} MB, limit "
+            f"{limit / 1e6:.1f} MB)"
+        ),
+        metadata={"total_bytes": size, "target_bytes": SIZE_TARGET_BYTES, "limit_bytes": limit},
     )
 
 
 def _published_bytes(context: AssetCheckExecutionContext) -> int | None:
-    event = context.instance.get_latest_materialization_event(minified_dataset.key)
-    materialization = event.asset_materialization if event else None
+    """The size the latest materialization (of the run's channel partition) recorded."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=minified_dataset.key,
+            asset_partitions=[context.partition_key] if context.has_partition_key else None,
+        ),
+        limit=1,
+        ascending=False,
+    ).records
+    materialization = records[0].asset_materialization if records else None
     if materialization is None:
         return None
     for key in ("total_bytes", "dataset_bytes"):
