@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -46,6 +47,7 @@ CHANNEL_PREFIXES = re.compile(
 STORE_PATH_PREFIX = re.compile(r"^(?:/[^:]*?)?/nix/store/[0-9a-z]{32}-[^/]*/")
 # C0 controls other than tab and newline, DEL, and lone surrogates from invalid UTF-8.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+ATTR_PATH_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 DRV_NAME_SPLIT = re.compile(r"-(?=[^A-Za-z])")
 MAX_TEXT_CHARS = 64_000
 MAX_LIST_ITEMS = 256
@@ -55,6 +57,15 @@ INVALID_UTF8_ISSUE = "input: invalid UTF-8 bytes replaced with U+FFFD"
 
 class InvalidDumpError(ValueError):
     """The input is not a package listing in either known shape."""
+
+
+class _DecodeCount(threading.local):
+    packages = 0
+
+
+# Records decoded by the last decode in this thread: more than the object's keys means
+# repeated attribute paths, which a JSON object silently collapses to the last record.
+_decode_count = _DecodeCount()
 
 
 class _Package(msgspec.Struct, gc=False):
@@ -67,6 +78,9 @@ class _Package(msgspec.Struct, gc=False):
     outputName: Any = None
     outputs: Any = None
     meta: msgspec.Raw = msgspec.Raw(b"{}")
+
+    def __post_init__(self) -> None:
+        _decode_count.packages += 1
 
 
 class _ChannelListing(msgspec.Struct):
@@ -153,6 +167,7 @@ def _decode_listing(data: bytes) -> tuple[dict[str, _Package], str]:
         raise InvalidDumpError(
             f"the package listing is not a JSON object: it starts with {stripped[:40]!r}"
         )
+    _decode_count.packages = 0
     try:
         return msgspec.json.decode(stripped, type=dict[str, _Package]), "nix-env"
     except msgspec.ValidationError as error:
@@ -163,6 +178,7 @@ def _decode_listing(data: bytes) -> tuple[dict[str, _Package], str]:
             "usually means a meta attribute threw during evaluation"
         ) from None
     # Not attribute path -> package: maybe a channel's packages.json.
+    _decode_count.packages = 0
     try:
         channel = msgspec.json.decode(stripped, type=_ChannelListing)
     except msgspec.ValidationError:
@@ -521,17 +537,24 @@ class _DecodedListing:
     repaired: bool
     prefix: str | None
     total: int
+    duplicates: int = 0
 
 
 def _decode_share(data: bytes) -> _DecodedListing:
     packages, shape, repaired = _decode_repairing(data)
     if not packages:
         raise InvalidDumpError("the package listing holds no packages (an empty JSON object)")
+    duplicates = max(0, _decode_count.packages - len(packages))
     prefix = common_channel_prefix(packages)
     items: list[tuple[str, _Package] | None] = list(packages.items())
     packages.clear()
     return _DecodedListing(
-        items=items, shape=shape, repaired=repaired, prefix=prefix, total=len(items)
+        items=items,
+        shape=shape,
+        repaired=repaired,
+        prefix=prefix,
+        total=len(items),
+        duplicates=duplicates,
     )
 
 
@@ -581,6 +604,8 @@ def _normalize_share(
     issues: Counter[str] = Counter()
     if decoded.repaired and index == 0:
         issues[INVALID_UTF8_ISSUE] += 1
+    if decoded.duplicates and index == 0:
+        issues["attr_path: empty or duplicate, package left out"] += decoded.duplicates
     failures: list[str] = []
     invalid_meta: dict[str, list[str]] = {}
     prefix = decoded.prefix
@@ -603,6 +628,10 @@ def _normalize_share(
         attr_path = raw_path[len(prefix) :] if prefix else raw_path
         if not attr_path:
             issues["attr_path: empty or duplicate, package left out"] += 1
+            continue
+        if not attr_path.isprintable() and ATTR_PATH_CONTROL.search(attr_path):
+            # Not a name anyone can type or install; shown raw it could drive a terminal.
+            issues["attr_path: control characters, package left out"] += 1
             continue
         meta = _decode_meta(meta_decoder, package.meta, issues)
         fdnix = meta.pop(FDNIX_META_KEY, None)

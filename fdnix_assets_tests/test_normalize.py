@@ -352,7 +352,8 @@ def test_duplicates_and_empty_attribute_paths() -> None:
     normalized = normalize(data)
     assert normalized.table["attr_path"].to_pylist() == ["dup"]
     assert normalized.table["version"].to_pylist() == ["2"]
-    assert normalized.issues["attr_path: empty or duplicate, package left out"] == 1
+    # The first "dup" record and the empty path.
+    assert normalized.issues["attr_path: empty or duplicate, package left out"] == 2
 
 
 def test_a_missing_name_falls_back_to_the_attribute_path() -> None:
