@@ -33,6 +33,8 @@ CONFIG_VARIABLES = (
     "OUTPUT_MINIFIED_PATH",
     "PUBLISH_LAYER",
     "EMBEDDING_BACKEND",
+    "FDNIX_CHANNELS",
+    "FDNIX_CHANNEL",
 )
 
 
@@ -149,6 +151,86 @@ def test_check_names_the_job_each_mode_selects_without_running(tmp_path: Path) -
         f"fdnix: configuration is valid; PROCESSING_MODE=full runs {PROCESSING_MODES['full']}"
     )
     assert not (tmp_path / "out").exists()
+
+
+def summary_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("fdnix: run ")]
+
+
+def test_channels_run_one_after_the_other_into_their_own_datasets(tmp_path: Path) -> None:
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    write_small_listing(dumps).rename(dumps / "nixos-unstable.json")
+    write_small_listing(dumps, size=30).rename(dumps / "nixos-25.11.json")
+    dagster_home = tmp_path / "dagster-home"
+    dagster_home.mkdir()
+    env = entrypoint_env(
+        tmp_path,
+        PROCESSING_MODE="metadata",
+        FDNIX_CHANNELS="nixos-unstable,nixos-25.11",
+        NIXPKGS_JSON=str(dumps / "{channel}.json"),
+        DAGSTER_HOME=str(dagster_home),
+    )
+
+    checked = run_entrypoint(env, "--check")
+    assert checked.stdout.strip() == (
+        "fdnix: configuration is valid; PROCESSING_MODE=metadata runs metadata_job for "
+        "channels nixos-unstable, nixos-25.11"
+    )
+    completed = run_entrypoint(env)
+
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-3000:]
+    lines = summary_lines(completed.stdout)
+    assert [line.split(" SUCCESS in ")[0].split(" of ")[1] for line in lines] == [
+        "metadata_job for nixos-unstable",
+        "metadata_job for nixos-25.11",
+    ]
+    assert "fdnix: 2 of 2 channels succeeded" in completed.stdout
+    for channel, rows in (("nixos-unstable", SMALL_LISTING_SIZE), ("nixos-25.11", 30)):
+        dataset = tmp_path / "out" / channel / "fdnix-data.lancedb"
+        assert lancedb.connect(str(dataset)).open_table("packages").count_rows() == rows
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        runs = instance.get_runs()
+        assert sorted(run.tags["dagster/partition"] for run in runs) == [
+            "nixos-25.11",
+            "nixos-unstable",
+        ]
+        assert {run.status for run in runs} == {DagsterRunStatus.SUCCESS}
+
+
+def test_a_failed_channel_does_not_stop_the_next_but_fails_the_exit_code(
+    tmp_path: Path,
+) -> None:
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    (dumps / "nixos-unstable.json").write_text('{"hello": {"name": "hel', encoding="utf-8")
+    write_small_listing(dumps, size=30).rename(dumps / "nixos-25.11.json")
+    env = entrypoint_env(
+        tmp_path,
+        PROCESSING_MODE="metadata",
+        FDNIX_CHANNELS="nixos-unstable,nixos-25.11",
+        NIXPKGS_JSON=str(dumps / "{channel}.json"),
+    )
+
+    completed = run_entrypoint(env)
+
+    assert completed.returncode == 1, (completed.stdout + completed.stderr)[-3000:]
+    (failed,) = summary_lines(completed.stderr)
+    assert " of metadata_job for nixos-unstable FAILURE in " in failed
+    assert "not valid JSON" in failed
+    (succeeded,) = summary_lines(completed.stdout)
+    assert " of metadata_job for nixos-25.11 SUCCESS in " in succeeded
+    assert "fdnix: 1 of 2 channels succeeded; failed: nixos-unstable" in completed.stderr
+    assert (tmp_path / "out" / "nixos-25.11" / "fdnix-data.lancedb").exists()
+    assert not (tmp_path / "out" / "nixos-unstable" / "fdnix-data.lancedb").exists()
+
+    # FDNIX_CHANNEL runs just the one channel.
+    only = run_entrypoint(env | {"FDNIX_CHANNEL": "nixos-25.11"})
+    assert only.returncode == 0, (only.stdout + only.stderr)[-3000:]
+    (line,) = summary_lines(only.stdout)
+    assert " of metadata_job for nixos-25.11 SUCCESS in " in line
+    assert "channels succeeded" not in only.stdout
 
 
 class HangingHttpServer:
