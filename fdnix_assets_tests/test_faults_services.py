@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import socket
+import subprocess
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -613,3 +614,53 @@ def test_damaged_job_output_stores_no_vector_and_loses_no_row(
     assert metadata["texts_embedded"] == BEDROCK_PACKAGES
     assert assert_no_row_lost_and_vectors_verified(settings, before) == BEDROCK_PACKAGES
     assert records_submitted(bedrock_standin) == 2 * BEDROCK_PACKAGES
+
+
+# The local disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: room for a small main dataset (140 KB), not for the 2k sample (2.5 MB)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs the suite as root)")
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_the_disk_filling_up_while_writing_keeps_the_dataset_and_frees_the_space(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    output = small_disk / "out" / "fdnix-data.lancedb"
+    small = small_dump(tmp_path / "small.json", count=40)
+    with DagsterInstance.ephemeral() as instance:
+
+        def run(listing: Path) -> Any:
+            env = {"NIXPKGS_JSON": str(listing), "OUTPUT_PATH": str(output)}
+            return materialize(
+                [nixpkgs_packages],
+                resources=build_resources(load_settings(env)),
+                instance=instance,
+                raise_on_error=False,
+            )
+
+        assert run(small).success
+        before = (os.path.realpath(output), rows_of(output))
+        full = run(SAMPLE_LISTING)
+        assert not full.success
+        failure = full.failure_data_for_node("nixpkgs_packages")
+        assert failure is not None and failure.error is not None
+        assert "No space left on device" in failure.error.to_string() or "ENOSPC" in (
+            failure.error.to_string()
+        )
+        assert (os.path.realpath(output), rows_of(output)) == before
+        # The half-written dataset is gone: the next run has the room it had before.
+        assert list((small_disk / "out" / ".fdnix-work").glob("*/*")) == []
+        again = run(small)
+    assert again.success
+    assert rows_of(output) == before[1]

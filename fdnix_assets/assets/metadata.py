@@ -139,7 +139,12 @@ def nixpkgs_packages(
         embedding_backend=embedding_backend.backend,
     )
     staged = work_dir / "fdnix-data.lancedb"
-    write_packages(staged, table, provenance)
+    try:
+        write_packages(staged, table, provenance)
+    except BaseException:
+        # A half-written dataset (a full disk, say) must not keep the space it took.
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
     seconds = time.perf_counter() - started
 
     if listing.stderr_lines:
