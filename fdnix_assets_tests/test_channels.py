@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 from dagster import (
     AssetCheckKey,
     AssetKey,
@@ -23,6 +24,7 @@ from dagster import (
     build_sensor_context,
     define_asset_job,
 )
+from dagster._utils.tags import TagConcurrencyLimitsCounter
 
 from fdnix_assets.assets.layer import LambdaLayerPublisher
 from fdnix_assets.assets.metadata import ROW_COUNT_CHECK, UNIQUE_ATTR_PATH_CHECK
@@ -40,7 +42,7 @@ from fdnix_assets.resources import DatasetStorage, NixpkgsSource
 from fdnix_assets.sensors import bedrock_batch_sensor
 from fdnix_assets.settings import SettingsError, load_settings
 from fdnix_assets_tests.bedrock_standin import BedrockStandIn
-from fdnix_assets_tests.conftest import TEST_NIXPKGS
+from fdnix_assets_tests.conftest import REPO_ROOT, TEST_NIXPKGS
 from fdnix_assets_tests.embedding_helpers import (
     FAST_POLL_SECONDS,
     ROLE_ARN,
@@ -421,3 +423,19 @@ def test_the_bedrock_sensor_continues_the_channel_it_came_from(
         assert table.count_rows("vector IS NOT NULL") == vectors, channel
     assert storage.for_channel(STABLE).store("minified").latest() is not None
     assert storage.for_channel(UNSTABLE).store("minified").latest() is None
+
+
+@pytest.mark.parametrize("instance_file", ["dagster.yaml", "docker/dagster.yaml"])
+def test_the_instances_allow_one_run_per_channel_at_a_time(instance_file: str) -> None:
+    config = yaml.safe_load((REPO_ROOT / instance_file).read_text(encoding="utf-8"))
+    limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
+
+    class Run:
+        def __init__(self, tags: dict[str, str]) -> None:
+            self.tags = tags
+
+    counter = TagConcurrencyLimitsCounter(limits, [Run({"dagster/partition": STABLE})])
+    assert counter.is_blocked(Run({"dagster/partition": STABLE}))
+    assert not counter.is_blocked(Run({"dagster/partition": UNSTABLE}))
+    # Without channels a run has no partition tag; the datasets pool guards it instead.
+    assert not counter.is_blocked(Run({}))
