@@ -63,7 +63,15 @@ class DatasetIOManager(ConfigurableIOManager):
         return self.storage
 
     def handle_output(self, context: OutputContext, obj: StagedDataset) -> None:
-        store = self._storage_for(context).store(dataset_kind(context.definition_metadata))
+        kind = dataset_kind(context.definition_metadata)
+
+        def log_upload(sent: int, total: int, seconds: float) -> None:
+            context.log.info(
+                f"uploading the {kind} dataset: {sent / 1e6:,.1f} of {total / 1e6:,.1f} MB in "
+                f"{seconds:.0f} s ({sent / 1e6 / max(seconds, 1e-9):.1f} MB/s)"
+            )
+
+        store = self._storage_for(context).store(kind, upload_progress=log_upload)
         report = store.publish(obj.path, new_snapshot_id(context.run_id))
         shutil.rmtree(obj.path, ignore_errors=True)
         context.log.info(

@@ -24,7 +24,7 @@ from fdnix_assets.storage import (
     Snapshot,
     StorageError,
 )
-from fdnix_assets.storage_s3 import S3DatasetStore
+from fdnix_assets.storage_s3 import S3DatasetStore, UploadProgress
 
 DatasetKind = Literal["main", "minified"]
 
@@ -117,7 +117,10 @@ class DatasetStorage(ChannelScopedResource):
         """The S3 key prefix of a dataset (the run's channel's, with channels)."""
         return channel_key(self.data_key if kind == "main" else self.minified_key, self.channel)
 
-    def store(self, kind: DatasetKind) -> DatasetStore:
+    def store(
+        self, kind: DatasetKind, upload_progress: UploadProgress | None = None
+    ) -> DatasetStore:
+        """The dataset's snapshot store; ``upload_progress`` hears how an S3 upload goes."""
         local_path = self.dataset_path(kind)
         if self.artifacts_bucket is None:
             return LocalDatasetStore(local_path, retention=self.retention)
@@ -128,6 +131,7 @@ class DatasetStorage(ChannelScopedResource):
             dataset=local_path.name,
             region=self.region,
             retention=self.retention,
+            upload_progress=upload_progress,
         )
 
     def local_copy(

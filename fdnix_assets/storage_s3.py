@@ -43,6 +43,7 @@ import hashlib
 import json
 import logging
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -189,8 +190,31 @@ class _KnownSize(BaseSubscriber):
         future.meta.provide_transfer_size(self._size)
 
 
+# How often an upload reports its progress, and how often it looks (only when it reports).
+UPLOAD_PROGRESS_INTERVAL_SECONDS = 10.0
+_UPLOAD_POLL_SECONDS = 0.05
+UploadProgress = Callable[[int, int, float], None]
+
+
+class _UploadedBytes(BaseSubscriber):
+    """Counts the bytes every upload of a snapshot has sent so far (from the transfer threads)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+        with self._lock:
+            self.total += bytes_transferred
+
+
 class S3DatasetStore(DatasetStore):
-    """Snapshots of one dataset under ``s3://<bucket>/<prefix>/``."""
+    """Snapshots of one dataset under ``s3://<bucket>/<prefix>/``.
+
+    ``upload_progress(bytes_sent, bytes_total, seconds)`` is called every
+    ``progress_interval`` seconds while a snapshot uploads, and once when it is done, so a
+    long upload shows in the run's log.
+    """
 
     def __init__(
         self,
@@ -202,8 +226,12 @@ class S3DatasetStore(DatasetStore):
         retention: int = DEFAULT_RETENTION,
         transfer_config: TransferConfig | None = None,
         verify_checksums: bool = True,
+        upload_progress: UploadProgress | None = None,
+        progress_interval: float = UPLOAD_PROGRESS_INTERVAL_SECONDS,
     ) -> None:
         super().__init__(dataset, retention)
+        self.upload_progress = upload_progress
+        self.progress_interval = progress_interval
         stripped = prefix.strip("/")
         if not stripped:
             raise StorageError(f"the S3 key prefix of {dataset} in bucket {bucket} is empty")
@@ -496,12 +524,32 @@ class S3DatasetStore(DatasetStore):
             self._s3_errors(f"uploading snapshot {snapshot_id}"),
             create_transfer_manager(self.client, self._transfer_config(files)) as manager,
         ):
+            sent = _UploadedBytes()
             futures = [
-                manager.upload(str(staged / relative), self.bucket, f"{prefix}{relative}")
+                manager.upload(
+                    str(staged / relative),
+                    self.bucket,
+                    f"{prefix}{relative}",
+                    subscribers=[sent],
+                )
                 for relative in files
             ]
+            if self.upload_progress is not None:
+                self._report_progress(futures, sent, sum(files.values()), self.upload_progress)
             for future in futures:
                 future.result()
+
+    def _report_progress(
+        self, futures: list[Any], sent: _UploadedBytes, total: int, report: UploadProgress
+    ) -> None:
+        started = last = time.monotonic()
+        while not all(future.done() for future in futures):
+            time.sleep(_UPLOAD_POLL_SECONDS)
+            now = time.monotonic()
+            if now - last >= self.progress_interval:
+                report(sent.total, total, now - started)
+                last = now
+        report(sent.total, total, time.monotonic() - started)
 
     def _download_tree(self, base: str, files: dict[str, int], staging: Path, uri: str) -> None:
         for directory in {(staging / relative).parent for relative in files}:

@@ -28,6 +28,8 @@ from typing import Any, BinaryIO
 
 WRAPPER_FILE = "wrapper.nix"
 DEFAULT_TIMEOUT_SECONDS = 3 * 60 * 60
+# A full nixpkgs evaluation takes minutes and prints nothing on its own: say it is alive.
+EVALUATION_PROGRESS_INTERVAL_SECONDS = 30.0
 INVALID_META_LINE = re.compile(r"derivation '([^']*)' has invalid meta attribute '([^']*)'")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -111,11 +113,14 @@ def run_nix_env(
     nix_env: str = "nix-env",
     log: LogFunction = print,
     extra_env: dict[str, str] | None = None,
+    progress_interval: float = EVALUATION_PROGRESS_INTERVAL_SECONDS,
 ) -> Listing:
     """Evaluates ``nixpkgs`` with the real nix-env through the isolating wrapper expression.
 
     Raises :class:`ExtractionError` when nix-env is missing, exits non-zero, times out or
-    prints nothing; stderr lines are passed to ``log`` as they arrive and kept.
+    prints nothing; stderr lines are passed to ``log`` as they arrive and kept. Every
+    ``progress_interval`` seconds ``log`` hears how long the evaluation has run and how much
+    JSON it has written, so a long evaluation never looks stuck.
     """
     executable = shutil.which(nix_env)
     if executable is None:
@@ -176,14 +181,23 @@ def run_nix_env(
         # The caller's log (Dagster's) is only called from this thread; the reader just collects.
         logged = 0
         deadline = time.monotonic() + timeout_seconds
+        reported = time.monotonic()
         try:
             while True:
                 remaining = deadline - time.monotonic()
                 try:
-                    returncode = process.wait(timeout=max(0.0, min(1.0, remaining)))
+                    wait = min(1.0, progress_interval, remaining)
+                    returncode = process.wait(timeout=max(0.0, wait))
                     break
                 except subprocess.TimeoutExpired:
                     logged = _log_new_lines(stderr_lines, logged, log)
+                    if time.monotonic() - reported >= progress_interval:
+                        reported = time.monotonic()
+                        log(
+                            f"nix-env still evaluating {shown}: "
+                            f"{time.perf_counter() - started:.0f} s, "
+                            f"{output_path.stat().st_size:,} bytes of JSON written so far"
+                        )
                     if remaining <= 1.0:
                         raise
         except subprocess.TimeoutExpired:
