@@ -69,6 +69,8 @@ CONFIG_VARIABLES = (
     "PUBLISH_LAYER",
     "LAYER_ARN",
     "EMBEDDING_BACKEND",
+    "FDNIX_CHANNELS",
+    "FDNIX_CHANNEL",
 )
 MAIN = "fdnix-data.lancedb"
 MINIFIED = "fdnix.lancedb"
