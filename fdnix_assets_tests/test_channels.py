@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
+import lancedb
+import pyarrow as pa
 import pytest
 import yaml
 from dagster import (
@@ -26,7 +29,7 @@ from dagster import (
 )
 from dagster._utils.tags import TagConcurrencyLimitsCounter
 
-from fdnix_assets.assets.layer import LambdaLayerPublisher
+from fdnix_assets.assets.layer import LAYER_ASSET, LambdaLayerPublisher
 from fdnix_assets.assets.metadata import ROW_COUNT_CHECK, UNIQUE_ATTR_PATH_CHECK
 from fdnix_assets.channels import (
     DEFAULT_CHANNEL_NIXPKGS,
@@ -38,6 +41,7 @@ from fdnix_assets.channels import (
 )
 from fdnix_assets.datasets import open_packages
 from fdnix_assets.definitions import build_definitions, build_resources
+from fdnix_assets.layer import list_layer_versions
 from fdnix_assets.resources import DatasetStorage, NixpkgsSource
 from fdnix_assets.sensors import bedrock_batch_sensor
 from fdnix_assets.settings import SettingsError, load_settings
@@ -414,6 +418,7 @@ def test_the_bedrock_sensor_continues_the_channel_it_came_from(
         (materialization,) = ingest.asset_materializations_for_node("package_embeddings")
         assert materialization.partition == STABLE
         assert materialization.metadata["texts_embedded"].value == 20
+        assert materialization.metadata["dagster/row_count"].value == 20
         (minified,) = ingest.asset_materializations_for_node("minified_dataset")
         assert minified.partition == STABLE
 
@@ -439,3 +444,32 @@ def test_the_instances_allow_one_run_per_channel_at_a_time(instance_file: str) -
     assert not counter.is_blocked(Run({"dagster/partition": UNSTABLE}))
     # Without channels a run has no partition tag; the datasets pool guards it instead.
     assert not counter.is_blocked(Run({}))
+
+
+def test_each_channel_publishes_its_own_lambda_layer(tmp_path: Path, aws_env: str) -> None:
+    name = f"fdnix-{uuid.uuid4().hex[:8]}"
+    env = channel_env(tmp_path, NIXPKGS_JSON=str(tmp_path / "{channel}.json"), PUBLISH_LAYER="true")
+    definitions = build_definitions(load_settings(env | {"LAYER_ARN": name}))
+    storage = definitions.resources["dataset_storage"]
+    assert isinstance(storage, DatasetStorage)
+    staged = tmp_path / "staged" / "fdnix.lancedb"
+    lancedb.connect(str(staged)).create_table(
+        "packages", data=pa.table({"attr_path": ["hello"], "description": ["greets"]})
+    )
+    storage.for_channel(STABLE).store("minified").publish(staged, "20261125T000000000000Z-c")
+
+    with DagsterInstance.ephemeral() as instance:
+        result = definitions.resolve_implicit_global_asset_job_def().execute_in_process(
+            asset_selection=[LAYER_ASSET], partition_key=STABLE, instance=instance
+        )
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("lambda_layer_version")
+    assert materialization.partition == STABLE
+    lambda_client = boto3.client("lambda", endpoint_url=aws_env, region_name="us-east-1")
+    (version,) = list_layer_versions(lambda_client, f"{name}-nixos-25_11")
+    assert version.version == 1
+    assert "fdnix nixos-25.11/fdnix.lancedb snapshot 20261125T000000000000Z-c" in (
+        version.description
+    )
+    assert list_layer_versions(lambda_client, name) == []
+    assert list_layer_versions(lambda_client, f"{name}-nixos-unstable") == []
