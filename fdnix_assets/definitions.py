@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-from dagster import AssetsDefinition, Definitions, StaticPartitionsDefinition
+from dagster import AssetsDefinition, Definitions, EnvVar, StaticPartitionsDefinition
 from dagster_aws.s3 import S3Resource
 
 from fdnix_assets.assets.embeddings import (
@@ -35,10 +36,23 @@ from fdnix_assets.jobs import (
     metadata_job,
     minified_job,
 )
+from fdnix_assets.nix.extract import redact_url
 from fdnix_assets.resources import DatasetStorage, NixpkgsSource
 from fdnix_assets.schedules import build_full_job_schedule, schedule_cron
 from fdnix_assets.sensors import build_bedrock_batch_sensor
 from fdnix_assets.settings import Settings, load_settings
+
+
+def _secret_by_reference(name: str, value: str | None) -> str | None:
+    """``EnvVar(name)`` for a URL with credentials or a query (a signed URL) that the
+    environment holds as it is, else ``value``.
+
+    Resource values become defaults in the job snapshot Dagster stores with every run (and
+    shows in the UI); an EnvVar is recorded by name and read from the environment at run time.
+    """
+    if value is None or redact_url(value) == value or os.environ.get(name) != value:
+        return value
+    return EnvVar(name)
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -60,7 +74,10 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "dataset_storage": storage,
         "dataset_io_manager": DatasetIOManager(storage=storage),
         "nixpkgs_source": NixpkgsSource(
-            channels=channels, nixpkgs=settings.nixpkgs, nixpkgs_json=settings.nixpkgs_json, s3=s3
+            channels=channels,
+            nixpkgs=_secret_by_reference("NIXPKGS", settings.nixpkgs),
+            nixpkgs_json=_secret_by_reference("NIXPKGS_JSON", settings.nixpkgs_json),
+            s3=s3,
         ),
         "embedding_backend": EmbeddingBackend(
             backend=settings.embedding_backend,
