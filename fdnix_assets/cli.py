@@ -29,10 +29,16 @@ FLAG_CHOICES = ("include", "exclude", "only")
 
 
 def default_dataset() -> str:
-    """OUTPUT_MINIFIED_PATH as the indexer's settings read it (default out/fdnix.lancedb)."""
+    """OUTPUT_MINIFIED_PATH as the indexer's settings read it (default out/fdnix.lancedb).
+
+    With FDNIX_CHANNELS, that channel's copy: FDNIX_CHANNEL's, else the first channel's.
+    """
+    from fdnix_assets.channels import channel_path
     from fdnix_assets.settings import load_settings
 
-    return str(load_settings().output_minified_path)
+    settings = load_settings()
+    channel = settings.channel or (settings.channels[0] if settings.channels else None)
+    return str(channel_path(settings.output_minified_path, channel))
 
 
 def resolve_dataset(location: str) -> tuple[str, dict[str, str]]:

@@ -39,6 +39,7 @@ from fdnix_assets.channels import (
     channel_path,
     run_channel,
 )
+from fdnix_assets.cli import default_dataset
 from fdnix_assets.datasets import open_packages
 from fdnix_assets.definitions import build_definitions, build_resources
 from fdnix_assets.layer import list_layer_versions
@@ -473,3 +474,15 @@ def test_each_channel_publishes_its_own_lambda_layer(tmp_path: Path, aws_env: st
     )
     assert list_layer_versions(lambda_client, name) == []
     assert list_layer_versions(lambda_client, f"{name}-nixos-unstable") == []
+
+
+def test_fdnix_search_defaults_to_a_channels_minified_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FDNIX_CHANNELS", ",".join(CHANNELS))
+    monkeypatch.setenv("NIXPKGS_JSON", str(tmp_path / "{channel}.json"))
+    monkeypatch.setenv("OUTPUT_MINIFIED_PATH", str(tmp_path / "out" / "fdnix.lancedb"))
+    monkeypatch.delenv("FDNIX_CHANNEL", raising=False)
+    assert default_dataset() == str(tmp_path / "out" / UNSTABLE / "fdnix.lancedb")
+    monkeypatch.setenv("FDNIX_CHANNEL", STABLE)
+    assert default_dataset() == str(tmp_path / "out" / STABLE / "fdnix.lancedb")
