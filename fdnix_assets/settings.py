@@ -342,14 +342,16 @@ def _channel_settings(
     get: Callable[[str], str | None],
 ) -> tuple[tuple[str, ...], str | None]:
     """FDNIX_CHANNELS (the partitions) and FDNIX_CHANNEL (the one the entry point runs)."""
-    raw = get(CHANNELS_VARIABLE)
+    # Literal names, so tooling that scans for get("...") (the compose pass-through test)
+    # sees them.
+    raw = get("FDNIX_CHANNELS")
     channels: tuple[str, ...] = ()
     if raw is not None:
         try:
             channels = parse_channels(raw)
         except ChannelError as error:
             raise SettingsError(f"{CHANNELS_VARIABLE}={raw!r}: {error}") from None
-    channel = get(CHANNEL_VARIABLE)
+    channel = get("FDNIX_CHANNEL")
     if channel is not None and channel not in channels:
         listed = (
             f"not one of {CHANNELS_VARIABLE} ({', '.join(channels)})"
