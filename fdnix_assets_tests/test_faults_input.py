@@ -21,13 +21,15 @@ import lancedb
 import pyarrow as pa
 import pytest
 from dagster import DagsterEventType, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster_aws.s3 import S3Resource
 
 from fdnix_assets.assets.metadata import attr_path_unique_and_non_empty, nixpkgs_packages
 from fdnix_assets.definitions import build_resources
 from fdnix_assets.normalize import INVALID_UTF8_ISSUE, MAX_LIST_ITEMS, MAX_TEXT_CHARS
+from fdnix_assets.resources import NixpkgsSource
 from fdnix_assets.schema import TABLE_NAME
 from fdnix_assets.settings import load_settings
-from fdnix_assets_tests.conftest import SAMPLE_LISTING
+from fdnix_assets_tests.conftest import SAMPLE_LISTING, TEST_NIXPKGS
 
 GOOD_PACKAGES = 40
 DUPLICATE_OR_EMPTY = "attr_path: empty or duplicate, package left out"
@@ -375,3 +377,40 @@ def test_control_characters_in_an_attribute_path_are_reported(published: Publish
     for attr_path in state.table["attr_path"].to_pylist():
         assert not any(ord(c) < 32 or ord(c) == 127 for c in attr_path), repr(attr_path)
     assert value_issues(result) == {"attr_path: control characters, package left out": 1}
+
+
+# nix-env misbehaving, through the asset (a shell script stands in for it on PATH)
+
+NIX_ENV_FAULTS = {
+    "killed": ("kill -9 $$\n", "was killed by signal 9"),
+    "non-zero": ("echo 'error: evaluation aborted' >&2\nexit 1\n", "evaluation aborted"),
+    "truncated": (
+        'printf \'{\\n  "hello": {\\n    "name": "hello-2.12.1",\\n    "meta": {\\n\'\nexit 0\n',
+        "truncated nix-env output",
+    ),
+    "silent": ("exit 0\n", "nix-env printed nothing"),
+    "timeout": ("sleep 300 &\nwait\n", "did not finish evaluating"),
+}
+
+
+@pytest.mark.parametrize("fault", list(NIX_ENV_FAULTS))
+def test_nix_env_faults_fail_the_run_and_keep_the_dataset(
+    published: Published, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    script, phrase = NIX_ENV_FAULTS[fault]
+    fake_bin = published.workdir / "fake-bin"
+    fake_bin.mkdir()
+    (fake_bin / "nix-env").write_text("#!/bin/sh\n" + script)
+    (fake_bin / "nix-env").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    resources = build_resources(
+        load_settings({"OUTPUT_PATH": str(published.output), "NIXPKGS": str(TEST_NIXPKGS)})
+    )
+    resources["nixpkgs_source"] = NixpkgsSource(
+        nixpkgs=str(TEST_NIXPKGS), timeout_seconds=1, s3=S3Resource(region_name="us-east-1")
+    )
+    result = materialize(
+        [nixpkgs_packages], resources=resources, instance=published.instance, raise_on_error=False
+    )
+    published.assert_refused(result, phrase)
+    assert list((published.output.parent / ".fdnix-work").glob("*/*")) == []
