@@ -20,7 +20,7 @@ from typing import Any
 import lancedb
 import pyarrow as pa
 import pytest
-from dagster import DagsterEventType, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 from dagster_aws.s3 import S3Resource
 
 from fdnix_assets.assets.metadata import attr_path_unique_and_non_empty, nixpkgs_packages
@@ -30,6 +30,8 @@ from fdnix_assets.resources import NixpkgsSource
 from fdnix_assets.schema import TABLE_NAME
 from fdnix_assets.settings import load_settings
 from fdnix_assets_tests.conftest import SAMPLE_LISTING, TEST_NIXPKGS
+from fdnix_assets_tests.test_metadata_asset import failure_text
+from fdnix_assets_tests.test_normalize import package
 
 GOOD_PACKAGES = 40
 DUPLICATE_OR_EMPTY = "attr_path: empty or duplicate, package left out"
@@ -48,21 +50,6 @@ def read_state(path: str | Path) -> DatasetState:
     table = lancedb.connect(str(path)).open_table(TABLE_NAME)
     arrow = table.to_arrow().sort_by("attr_path")
     return DatasetState(os.path.realpath(path), arrow, dict(table.schema.metadata))
-
-
-def package(name: str, meta: Any, **fields: Any) -> dict[str, Any]:
-    """One record in nix-env's shape."""
-    pname, _, version = name.rpartition("-")
-    record: dict[str, Any] = {
-        "name": name,
-        "pname": pname,
-        "version": version,
-        "system": "x86_64-linux",
-        "outputName": "out",
-        "outputs": {"out": None},
-        "meta": meta,
-    }
-    return record | fields
 
 
 @pytest.fixture(scope="module")
@@ -132,17 +119,6 @@ def run_metadata(output: Path, listing: Path, instance: DagsterInstance) -> Exec
         instance=instance,
         raise_on_error=False,
     )
-
-
-def failure_text(result: ExecuteInProcessResult) -> str:
-    texts = []
-    for event in result.all_events:
-        if event.event_type == DagsterEventType.STEP_FAILURE:
-            data = event.step_failure_data
-            texts.append(data.error.to_string() if data.error else "")
-            if data.user_failure_data is not None:
-                texts.append(data.user_failure_data.description or "")
-    return "\n".join(texts)
 
 
 def value_issues(result: ExecuteInProcessResult) -> dict[str, int]:

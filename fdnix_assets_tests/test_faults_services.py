@@ -146,6 +146,13 @@ class FaultProxy:
         with self.lock:
             self.faults.append(fault)
 
+    def answer(
+        self, method: str, error: tuple[int, str, str], times: int | None, after: int = 0
+    ) -> None:
+        """Answer ``times`` object requests of ``method`` (None: all) with an S3 error."""
+        status, code, message = error
+        self.add(Fault(method, "answer", after, times, status, code, message))
+
     def decide(self, method: str, path: str) -> Fault | None:
         with self.lock:
             for fault in self.faults:
@@ -365,10 +372,7 @@ def test_the_server_stopping_mid_download_fails_cleanly_then_the_checkout_comple
 
 
 def test_server_errors_on_every_download_fail_cleanly(s3_setup: S3Setup, tmp_path: Path) -> None:
-    status, code, message = INTERNAL_ERROR
-    s3_setup.proxy.add(
-        Fault("GET", "answer", times=None, status=status, code=code, message=message)
-    )
+    s3_setup.proxy.answer("GET", INTERNAL_ERROR, times=None)
     store = s3_setup.through_proxy(max_attempts=2)
     with pytest.raises(StorageError, match="InternalError"):
         store.checkout(s3_setup.direct.require_latest(), tmp_path / "checkouts" / "copy")
@@ -401,8 +405,7 @@ def test_the_server_stopping_mid_upload_leaves_the_pointer(
 
 
 def test_slow_down_answers_are_retried(s3_setup: S3Setup, tmp_path: Path) -> None:
-    status, code, message = SLOW_DOWN
-    s3_setup.proxy.add(Fault("PUT", "answer", times=3, status=status, code=code, message=message))
+    s3_setup.proxy.answer("PUT", SLOW_DOWN, times=3)
     store = s3_setup.through_proxy()
     next_tree = make_dataset(tmp_path / "next", fragments=2)
     report = store.publish(next_tree, NEXT_ID)
@@ -416,10 +419,7 @@ def test_slow_down_answers_are_retried(s3_setup: S3Setup, tmp_path: Path) -> Non
 
 
 def test_throttling_that_never_ends_fails_cleanly(s3_setup: S3Setup, tmp_path: Path) -> None:
-    status, code, message = SLOW_DOWN
-    s3_setup.proxy.add(
-        Fault("PUT", "answer", times=None, status=status, code=code, message=message)
-    )
+    s3_setup.proxy.answer("PUT", SLOW_DOWN, times=None)
     store = s3_setup.through_proxy(max_attempts=2)
     with pytest.raises(StorageError, match="SlowDown"):
         store.publish(make_dataset(tmp_path / "next", fragments=2), NEXT_ID)
@@ -429,10 +429,7 @@ def test_throttling_that_never_ends_fails_cleanly(s3_setup: S3Setup, tmp_path: P
 
 
 def test_a_bucket_that_disappears_mid_upload(s3_setup: S3Setup, tmp_path: Path) -> None:
-    status, code, message = NO_SUCH_BUCKET
-    s3_setup.proxy.add(
-        Fault("PUT", "answer", after=2, times=None, status=status, code=code, message=message)
-    )
+    s3_setup.proxy.answer("PUT", NO_SUCH_BUCKET, times=None, after=2)
     store = s3_setup.through_proxy()
     with pytest.raises(StorageError, match=f"bucket '{s3_setup.bucket}' does not exist"):
         store.publish(make_dataset(tmp_path / "next", fragments=3), NEXT_ID)

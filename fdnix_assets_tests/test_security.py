@@ -51,6 +51,7 @@ from fdnix_assets.storage_s3 import S3DatasetStore, resolve_s3_dataset, safe_rel
 from fdnix_assets_tests import search_support
 from fdnix_assets_tests.bedrock_standin import BedrockStandIn
 from fdnix_assets_tests.conftest import REPO_ROOT, SAMPLE_LISTING, TEST_NIXPKGS
+from fdnix_assets_tests.test_entrypoint import CONFIG_VARIABLES as ENTRYPOINT_CONFIG_VARIABLES
 
 RUN_TIMEOUT_SECONDS = 300
 ACCESS_KEY_ID = "AKIAFDNIXLEAKCHECK01"
@@ -78,20 +79,8 @@ HOSTILE_ATTR_PATHS = (
     "nested/escape-attr-slash",
     "..\\..\\escape-attr-backslash",
 )
-CONFIG_VARIABLES = (
-    "DAGSTER_HOME",
-    "PROCESSING_MODE",
-    "DUCKDB_KEY",
-    "NIXPKGS",
-    "NIXPKGS_JSON",
-    "ARTIFACTS_BUCKET",
-    "OUTPUT_PATH",
-    "OUTPUT_MINIFIED_PATH",
-    "PUBLISH_LAYER",
-    "EMBEDDING_BACKEND",
-    "LAYER_ARN",
-    "LANCEDB_PATH",
-)
+# Variables of the developer's shell that would change what a run does.
+CONFIG_VARIABLES = (*ENTRYPOINT_CONFIG_VARIABLES, "LAYER_ARN", "LANCEDB_PATH")
 
 
 def leak_check_dump() -> bytes:
@@ -103,6 +92,30 @@ def leak_check_dump() -> bytes:
         record["meta"]["description"] = f"hostile attribute path number {index}"
         chosen[attr_path] = record
     return json.dumps(chosen).encode()
+
+
+def run_entrypoint(
+    prefix: list[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """The container entry point as a subprocess (``prefix``: a command that wraps it)."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "fdnix_assets.entrypoint"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without the contract's variables and AWS settings."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in CONFIG_VARIABLES and not name.startswith("AWS_")
+    }
 
 
 class _AuthenticatedDump(http.server.BaseHTTPRequestHandler):
@@ -141,6 +154,12 @@ class FullRun:
     completed: subprocess.CompletedProcess[str]
     source_shown: str
     dump_requests: list[str]
+    bedrock_jobs: int
+
+    def assert_succeeded(self) -> None:
+        output = (self.completed.stdout + self.completed.stderr)[-4000:]
+        assert self.completed.returncode == 0, output
+        assert self.bedrock_jobs == 1, f"no Bedrock batch job was created:\n{output}"
 
 
 @pytest.fixture(scope="module")
@@ -172,11 +191,7 @@ def full_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> It
     dagster_home = workdir / "dagster-home"
     dagster_home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in CONFIG_VARIABLES and not name.startswith("AWS_")
-    }
+    env = clean_environment()
     env |= {
         "PROCESSING_MODE": "both",
         "NIXPKGS_JSON": source,
@@ -204,20 +219,11 @@ def full_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> It
         "AWS_ENDPOINT_URL_STS": moto_endpoint,
     }
     try:
-        completed = subprocess.run(
-            [sys.executable, "-m", "fdnix_assets.entrypoint"],
-            env=env,
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_SECONDS,
-            check=False,
-        )
+        completed = run_entrypoint([], env, workdir)
     finally:
         server.shutdown()
         server.server_close()
         bedrock.stop()
-    assert bedrock.created_job_count == 1, "the run did not go through a Bedrock batch job"
     shown = f"http://127.0.0.1:{port}/nixpkgs.json"
     yield FullRun(
         workdir,
@@ -227,6 +233,7 @@ def full_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> It
         completed,
         shown,
         list(handler_class.requests),
+        bedrock.created_job_count,
     )
 
 
@@ -323,8 +330,7 @@ def everything_produced(run: FullRun) -> dict[str, str]:
 
 
 def test_a_full_run_leaves_no_secret_anywhere(full_run: FullRun) -> None:
-    completed = full_run.completed
-    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
+    full_run.assert_succeeded()
     # The credentials were needed: the dump server refused anything without them.
     assert full_run.dump_requests == ["/nixpkgs.json authorized=True"]
 
@@ -349,7 +355,7 @@ def test_a_full_run_leaves_no_secret_anywhere(full_run: FullRun) -> None:
 
 
 def test_attribute_paths_never_become_file_names(full_run: FullRun, tmp_path: Path) -> None:
-    assert full_run.completed.returncode == 0
+    full_run.assert_succeeded()
     named = [
         str(path)
         for path in [*full_run.workdir.rglob("*"), *Path(tempfile.gettempdir()).glob("*")]
@@ -658,11 +664,7 @@ def test_the_metadata_job_runs_as_an_unprivileged_user_with_the_real_nix_env() -
     workdir = Path(tempfile.mkdtemp(prefix="fdnix-unprivileged-"))
     try:
         os.chown(workdir, nobody, nobody)
-        env = {
-            name: value
-            for name, value in os.environ.items()
-            if name not in CONFIG_VARIABLES and not name.startswith("AWS_")
-        }
+        env = clean_environment()
         env |= {
             "PROCESSING_MODE": "metadata",
             "NIXPKGS": str(TEST_NIXPKGS),
@@ -672,23 +674,8 @@ def test_the_metadata_job_runs_as_an_unprivileged_user_with_the_real_nix_env() -
             "TMPDIR": str(workdir),
             "XDG_CACHE_HOME": str(workdir / "cache"),
         }
-        completed = subprocess.run(
-            [
-                "setpriv",
-                f"--reuid={nobody}",
-                f"--regid={nobody}",
-                "--clear-groups",
-                sys.executable,
-                "-m",
-                "fdnix_assets.entrypoint",
-            ],
-            env=env,
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_SECONDS,
-            check=False,
-        )
+        as_nobody = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
+        completed = run_entrypoint(as_nobody, env, workdir)
         assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
         table = lancedb.connect(str(workdir / "out" / "fdnix-data.lancedb")).open_table("packages")
         assert table.count_rows() == 19
