@@ -494,6 +494,9 @@ HOSTILE_SETTINGS = [
     ("BEDROCK_OUTPUT_DIMENSIONS", "-256"),
     ("PROCESSING_MODE", "metadata; rm -rf /"),
     ("PUBLISH_LAYER", "maybe"),
+    ("FDNIX_CHANNELS", "../etc"),
+    ("FDNIX_CHANNELS", "nixos/unstable"),
+    ("FDNIX_CHANNELS", "nixos-unstable,.."),
 ]
 
 
