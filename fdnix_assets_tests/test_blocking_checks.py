@@ -101,9 +101,10 @@ def check(asset: AssetKey, name: str) -> AssetSelection:
     return AssetSelection.checks(AssetCheckKey(asset, name))
 
 
-def main_table(packages: int, with_vectors: int = 0) -> pa.Table:
+def main_table(packages: int, with_vectors: int = 0, norm: float = 1.0) -> pa.Table:
     """The first ``packages`` of the sample, normalized; the first ``with_vectors`` rows get
-    unit vectors (random but fixed: the checks judge coverage, not meaning)."""
+    vectors of length ``norm`` (random but fixed: the checks judge coverage and shape, not
+    meaning)."""
     table = normalize_listing(
         json.dumps(first_packages(packages)).encode(),
         model_id=LOCAL_MODEL_ID,
@@ -112,7 +113,7 @@ def main_table(packages: int, with_vectors: int = 0) -> pa.Table:
     if with_vectors:
         rng = np.random.default_rng(7)
         vectors = rng.normal(size=(table.num_rows, LOCAL_MODEL_DIMENSIONS)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors *= norm / np.linalg.norm(vectors, axis=1, keepdims=True)
         flat = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
         mask = pa.array([index >= with_vectors for index in range(table.num_rows)])
         column = pa.array(flat.to_pylist(), vector_type(LOCAL_MODEL_DIMENSIONS), mask=mask)
@@ -237,6 +238,24 @@ def test_low_vector_coverage_stops_the_minified_dataset(tmp_path: Path) -> None:
     assert lenient.success
     coverage = evaluation(lenient, "vector_coverage")
     assert not coverage.passed and coverage.severity == AssetCheckSeverity.WARN
+
+
+def test_vectors_that_are_not_unit_length_stop_the_minified_dataset(tmp_path: Path) -> None:
+    definitions = definitions_for(tmp_path)
+    storage = storage_of(definitions)
+    publish_main(storage, main_table(30, with_vectors=30, norm=3.0), tmp_path / "scaled")
+
+    with DagsterInstance.ephemeral() as instance:
+        result = run_selection(
+            definitions,
+            check(EMBEDDINGS, "vector_dimension") | AssetSelection.assets(MINIFIED),
+            instance,
+        )
+    dimension = evaluation(result, "vector_dimension")
+    assert not dimension.passed and dimension.severity == AssetCheckSeverity.ERROR
+    assert "30 of 30 sampled vectors are not unit length" in (dimension.description or "")
+    assert "minified_dataset" not in started_steps(result)
+    assert storage.store("minified").latest() is None
 
 
 def test_a_minified_dataset_failing_the_smoke_search_is_not_published_as_a_layer(

@@ -364,9 +364,11 @@ def _recorded_embed_sample(context: AssetCheckExecutionContext) -> int:
 @asset_check(
     asset=package_embeddings,
     name="vector_dimension",
+    blocking=True,
     description=(
         "The vector column has the backend's dimension, the table records the backend's "
-        "model, and the vectors are finite and unit length (no zero placeholders)."
+        "model, and the vectors are finite and unit length (no zero placeholders). Blocking: "
+        "vectors a query cannot be compared with never reach the minified dataset."
     ),
 )
 def vector_dimension_check(
