@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fdnix_assets import schema as s
+from fdnix_assets.normalize import (
+    PARALLEL_MIN_BYTES,
+    NormalizationReport,
+    open_normalized_stream,
+)
 from fdnix_assets.storage import Snapshot
 
 # LanceDB logs a warning per query about _distance/_score columns; they are noise here.
@@ -67,15 +72,31 @@ def open_packages(snapshot: Snapshot) -> Any:
     return connect(snapshot.uri, snapshot.storage_options).open_table(s.TABLE_NAME)
 
 
-def write_packages(directory: Path, table: pa.Table, provenance: DatasetProvenance) -> Any:
-    """Writes ``table`` as a fresh LanceDB database at ``directory`` (replacing any there)."""
+def write_packages(
+    directory: Path,
+    data: pa.Table | Iterable[pa.RecordBatch],
+    provenance: DatasetProvenance,
+    schema: pa.Schema | None = None,
+) -> Any:
+    """Writes ``data`` as a fresh LanceDB database at ``directory`` (replacing any there).
+
+    ``data`` is a table, or record batches of ``schema`` that LanceDB pulls one at a time,
+    encoding and writing each while the next is being produced.
+    """
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    merged = dict(table.schema.metadata or {}) | provenance.as_schema_metadata()
-    table = table.replace_schema_metadata(merged)
+    if isinstance(data, pa.Table):
+        schema = data.schema
+    elif schema is None:
+        raise ValueError("writing record batches needs their schema")
+    merged = dict(schema.metadata or {}) | provenance.as_schema_metadata()
+    if isinstance(data, pa.Table):
+        source: pa.Table | pa.RecordBatchReader = data.replace_schema_metadata(merged)
+    else:
+        source = pa.RecordBatchReader.from_batches(schema.with_metadata(merged), iter(data))
     return connect(str(directory)).create_table(
-        s.TABLE_NAME, data=table, mode="create", on_bad_vectors="null"
+        s.TABLE_NAME, data=source, mode="create", on_bad_vectors="null"
     )
 
 
@@ -85,19 +106,36 @@ def carry_over_vectors(table: pa.Table, previous: pa.Table | None) -> tuple[pa.T
     The content hash covers the embedded text, the model and the dimension, so a match means
     the vector would come out the same. Returns the table and how many vectors were reused.
     """
-    if previous is None or previous.num_rows == 0:
-        return table, 0
-    previous = previous.filter(pc.is_valid(previous["vector"]))
-    if previous.num_rows == 0:
-        return table, 0
-    vector_field = table.schema.field("vector")
-    if previous.schema.field("vector").type != vector_field.type:
-        return table, 0
-    positions = pc.index_in(table["content_hash"], value_set=previous["content_hash"])
-    vectors = previous["vector"].combine_chunks().take(positions)
-    reused = len(vectors) - vectors.null_count
-    index = table.schema.get_field_index("vector")
-    return table.set_column(index, vector_field, vectors), reused
+    carry = VectorCarryOver(previous)
+    batches = [carry.apply(batch) for batch in table.to_batches()]
+    return pa.Table.from_batches(batches, schema=table.schema), carry.reused
+
+
+class VectorCarryOver:
+    """:func:`carry_over_vectors` one record batch at a time, as the batches stream past."""
+
+    def __init__(self, previous: pa.Table | None) -> None:
+        self.reused = 0
+        self._hashes: pa.Array | None = None
+        self._vectors: pa.Array | None = None
+        if previous is None or previous.num_rows == 0:
+            return
+        previous = previous.filter(pc.is_valid(previous["vector"]))
+        if previous.num_rows:
+            self._hashes = previous["content_hash"].combine_chunks()
+            self._vectors = previous["vector"].combine_chunks()
+
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if self._hashes is None or self._vectors is None:
+            return batch
+        index = batch.schema.get_field_index("vector")
+        vector_field = batch.schema.field(index)
+        if self._vectors.type != vector_field.type:
+            return batch
+        positions = pc.index_in(batch["content_hash"], value_set=self._hashes)
+        vectors = self._vectors.take(positions)
+        self.reused += len(vectors) - vectors.null_count
+        return batch.set_column(index, vector_field, vectors)
 
 
 def read_vectors_for_reuse(snapshot: Snapshot | None, dimensions: int) -> pa.Table | None:
@@ -136,3 +174,73 @@ def column_schema(schema: pa.Schema) -> Any:
             ]
         )
     )
+
+
+@dataclass
+class MainDatasetBuild:
+    """What writing the main dataset from a listing produced, and what the listing was like."""
+
+    report: NormalizationReport
+    rows: int
+    vectors_reused: int
+    flag_counts: dict[str, int]
+    with_description: int
+    schema: pa.Schema
+
+
+def build_main_dataset(
+    listing_path: Path,
+    directory: Path,
+    provenance: DatasetProvenance,
+    *,
+    model_id: str,
+    dimensions: int,
+    nixpkgs_root: str | None = None,
+    previous_vectors: pa.Table | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+    parallel_min_bytes: int = PARALLEL_MIN_BYTES,
+) -> MainDatasetBuild:
+    """Normalizes the listing at ``listing_path`` into a fresh main dataset at ``directory``.
+
+    Rows stream from the normalizer (several processes on a large listing) through the vector
+    carry-over into LanceDB's writer, so encoding and writing overlap normalizing. Raises
+    :class:`~fdnix_assets.normalize.InvalidDumpError` when the file is not a package listing.
+    """
+    with open_normalized_stream(
+        listing_path,
+        model_id=model_id,
+        dimensions=dimensions,
+        nixpkgs_root=nixpkgs_root,
+        progress=progress,
+        workers=workers,
+        parallel_min_bytes=parallel_min_bytes,
+    ) as stream:
+        carry = VectorCarryOver(previous_vectors)
+        flags = dict.fromkeys(s.FLAG_COLUMNS, 0)
+        described = 0
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            nonlocal described
+            for batch in stream.batches():
+                batch = carry.apply(batch)
+                for name in s.FLAG_COLUMNS:
+                    flags[name] += int(pc.sum(batch[name]).as_py() or 0)
+                described += len(batch) - batch["description"].null_count
+                yield batch
+
+        try:
+            write_packages(directory, batches(), provenance, schema=stream.schema)
+        except Exception:
+            # LanceDB reports an error raised while it pulled batches only as text.
+            if stream.error is not None:
+                raise stream.error from None
+            raise
+        return MainDatasetBuild(
+            report=stream.report(),
+            rows=stream.rows,
+            vectors_reused=carry.reused,
+            flag_counts=flags,
+            with_description=described,
+            schema=stream.schema,
+        )

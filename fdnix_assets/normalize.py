@@ -15,6 +15,7 @@ on a bad package; only input that is not a package listing at all raises
 
 from __future__ import annotations
 
+import functools
 import gc
 import multiprocessing
 import os
@@ -25,9 +26,11 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +91,10 @@ class _ChannelListing(msgspec.Struct):
     packages: dict[str, _Package]
 
 
-@dataclass
-class NormalizedPackages:
-    """The main dataset's rows plus an account of everything that was wrong with the input."""
+@dataclass(kw_only=True)
+class NormalizationReport:
+    """An account of everything that was wrong with the input, and how it was read."""
 
-    table: pa.Table
     issues: Counter[str] = field(default_factory=Counter)
     evaluation_failures: list[str] = field(default_factory=list)
     invalid_meta: dict[str, list[str]] = field(default_factory=dict)
@@ -100,6 +102,13 @@ class NormalizedPackages:
     input_shape: str = "nix-env"
     seconds: float = 0.0
     workers: int = 1
+
+
+@dataclass(kw_only=True)
+class NormalizedPackages(NormalizationReport):
+    """The main dataset's rows plus the :class:`NormalizationReport` on the input."""
+
+    table: pa.Table
 
     @property
     def row_count(self) -> int:
@@ -416,30 +425,22 @@ class _ColumnBatches:
     ``append`` per column per row.
     """
 
-    def __init__(
-        self,
-        schema: pa.Schema,
-        batch_rows: int,
-        batch_sink: Callable[[pa.RecordBatch], None] | None = None,
-    ) -> None:
+    def __init__(self, schema: pa.Schema, batch_rows: int) -> None:
         self.schema = schema
         self.names = schema.names
         self.batch_rows = batch_rows
-        # Batches go to ``batch_sink`` when one is given (a worker's IPC file), else stay here.
-        self.batch_sink = batch_sink
-        self.batches: list[pa.RecordBatch] = []
         self.rows: list[tuple[Any, ...]] = []
 
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: dict[str, Any]) -> pa.RecordBatch | None:
+        """Adds a row; returns a full batch when this row completed one."""
         if not self.rows and list(row) != self.names:
             raise AssertionError(f"row fields {list(row)} are not the schema's {self.names}")
         self.rows.append(tuple(row.values()))
-        if len(self.rows) >= self.batch_rows:
-            self.flush()
+        return self.flush() if len(self.rows) >= self.batch_rows else None
 
-    def flush(self) -> None:
+    def flush(self) -> pa.RecordBatch | None:
         if not self.rows:
-            return
+            return None
         count = len(self.rows)
         columns = list(zip(*self.rows, strict=True))
         self.rows = []
@@ -447,15 +448,7 @@ class _ColumnBatches:
             _column_array(values, field, count)
             for values, field in zip(columns, self.schema, strict=True)
         ]
-        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
-        if self.batch_sink is None:
-            self.batches.append(batch)
-        else:
-            self.batch_sink(batch)
-
-    def table(self) -> pa.Table:
-        self.flush()
-        return pa.Table.from_batches(self.batches, schema=self.schema)
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
 
 def _column_array(values: tuple[Any, ...], field: pa.Field, count: int) -> pa.Array:
@@ -466,10 +459,17 @@ def _column_array(values: tuple[Any, ...], field: pa.Field, count: int) -> pa.Ar
     which measured several times slower.
     """
     if field.name == "vector":
-        return pa.nulls(count, type=field.type)
+        return _null_vectors(count, field.type)
     if field.name == "meta_json":
         return _utf8_array(values, field.type)
     return pa.array(values, type=field.type)
+
+
+@functools.lru_cache(maxsize=4)
+def _null_vectors(count: int, vector_type: pa.DataType) -> pa.Array:
+    """An all-null vector column. Its child array is as long as the vectors would be, so
+    batches of the same size share one instead of each allocating its own zeros."""
+    return pa.nulls(count, type=vector_type)
 
 
 def _offsets(lengths: Iterable[int], count: int) -> pa.Array:
@@ -520,12 +520,17 @@ def _normalize(
 ) -> NormalizedPackages:
     started = time.perf_counter()
     decoded = _decode_share(data)
-    share = _normalize_share(
-        decoded, 0, 1, model_id, dimensions, nixpkgs_root, progress, progress_every
+    account = _ShareAccount()
+    batches = list(
+        _share_batches(
+            decoded, 0, 1, model_id, dimensions, nixpkgs_root, progress, progress_every, account
+        )
     )
     if progress is not None:
         progress(decoded.total, decoded.total)
-    return share.result(share.columns.table(), decoded, time.perf_counter() - started)
+    table = pa.Table.from_batches(batches, schema=main_schema(dimensions))
+    report = account.report(decoded, time.perf_counter() - started, workers=1)
+    return NormalizedPackages(table=table, **vars(report))
 
 
 @dataclass
@@ -559,25 +564,27 @@ def _decode_share(data: bytes) -> _DecodedListing:
 
 
 @dataclass
-class _Share:
-    """One contiguous slice of the listing, normalized: its rows and what was wrong."""
+class _ShareAccount:
+    """What was wrong in one share of the listing or, merged, in all of it."""
 
-    columns: _ColumnBatches
-    issues: Counter[str]
-    failures: list[str]
-    invalid_meta: dict[str, list[str]]
+    issues: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    invalid_meta: dict[str, list[str]] = field(default_factory=dict)
 
-    def result(
-        self, table: pa.Table, decoded: _DecodedListing, seconds: float
-    ) -> NormalizedPackages:
-        return NormalizedPackages(
-            table=table,
+    def merge(self, other: _ShareAccount) -> None:
+        self.issues.update(other.issues)
+        self.failures.extend(other.failures)
+        self.invalid_meta.update(other.invalid_meta)
+
+    def report(self, decoded: _DecodedListing, seconds: float, workers: int) -> NormalizationReport:
+        return NormalizationReport(
             issues=self.issues,
             evaluation_failures=self.failures,
             invalid_meta=self.invalid_meta,
             stripped_channel_prefix=decoded.prefix.rstrip(".") if decoded.prefix else None,
             input_shape=decoded.shape,
             seconds=seconds,
+            workers=workers,
         )
 
 
@@ -585,7 +592,7 @@ def _share_bounds(total: int, index: int, count: int) -> tuple[int, int]:
     return total * index // count, total * (index + 1) // count
 
 
-def _normalize_share(
+def _share_batches(
     decoded: _DecodedListing,
     index: int,
     count: int,
@@ -594,26 +601,28 @@ def _normalize_share(
     nixpkgs_root: str | None,
     progress: Callable[[int, int], None] | None,
     progress_every: int,
-    batch_sink: Callable[[pa.RecordBatch], None] | None = None,
-) -> _Share:
-    """Normalizes share ``index`` of ``count`` equal, contiguous slices of the listing.
+    account: _ShareAccount,
+) -> Iterator[pa.RecordBatch]:
+    """Normalizes share ``index`` of ``count`` equal, contiguous slices of the listing,
+    yielding record batches as they fill and recording what was wrong in ``account``.
 
     Attribute paths are keys of one JSON object, and stripping a prefix every key shares keeps
     them distinct, so slices never collide with each other; only an empty path can be bad.
     """
-    issues: Counter[str] = Counter()
+    issues = account.issues
     if decoded.repaired and index == 0:
         issues[INVALID_UTF8_ISSUE] += 1
     if decoded.duplicates and index == 0:
         issues["attr_path: empty or duplicate, package left out"] += decoded.duplicates
-    failures: list[str] = []
-    invalid_meta: dict[str, list[str]] = {}
     prefix = decoded.prefix
-    columns = _ColumnBatches(main_schema(dimensions), progress_every, batch_sink)
+    columns = _ColumnBatches(main_schema(dimensions), BATCH_ROWS)
     meta_decoder = msgspec.json.Decoder()
     meta_encoder = msgspec.json.Encoder()
     start, stop = _share_bounds(decoded.total, index, count)
     items = decoded.items
+    # The other shares are other processes' work: drop them now rather than carry them.
+    items[:start] = [None] * start
+    items[stop:] = [None] * (len(items) - stop)
 
     for position in range(start, stop):
         item = items[position]
@@ -638,29 +647,22 @@ def _normalize_share(
         if not isinstance(fdnix, dict):
             fdnix = {}
         if fdnix.get("evaluationFailed"):
-            failures.append(attr_path)
+            account.failures.append(attr_path)
             continue
         if fdnix.get("invalidMeta"):
-            invalid_meta[attr_path] = [str(name) for name in fdnix["invalidMeta"]]
+            account.invalid_meta[attr_path] = [str(name) for name in fdnix["invalidMeta"]]
         meta_json = _meta_json(meta_encoder, meta, issues)
-        columns.append(
-            _row(
-                attr_path,
-                package,
-                meta,
-                meta_json,
-                fdnix,
-                issues,
-                nixpkgs_root,
-                model_id,
-                dimensions,
-            )
+        row = _row(
+            attr_path, package, meta, meta_json, fdnix, issues, nixpkgs_root, model_id, dimensions
         )
-    # The other shares' packages are other processes' work; letting go of them frees the
-    # listing's bytes, which every undecoded meta still points into.
+        batch = columns.append(row)
+        if batch is not None:
+            yield batch
+    # Every undecoded meta points into the listing's bytes; with the last one gone, they go.
     items.clear()
-    columns.flush()
-    return _Share(columns=columns, issues=issues, failures=failures, invalid_meta=invalid_meta)
+    last = columns.flush()
+    if last is not None:
+        yield last
 
 
 def default_workers() -> int:
@@ -668,8 +670,150 @@ def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
+# Rows per record batch: the Python objects of one batch are alive at a time, about 5 kB a
+# row on nixpkgs, so this bounds memory; much smaller batches make Arrow calls dominate.
+BATCH_ROWS = 10_000
 # Below this size a second process costs more to start than it saves.
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
+
+
+class NormalizedStream:
+    """A listing's rows as Arrow record batches, normalized while the consumer reads them.
+
+    Handing :meth:`batches` straight to the dataset writer lets LanceDB encode and write one
+    batch while the next is being normalized. This process normalizes the first share;
+    worker processes normalize the others into Arrow IPC files, whose batches follow, memory-
+    mapped rather than copied. The account of issues is complete once :meth:`batches` is
+    exhausted; :attr:`error` keeps an exception raised while a writer was pulling batches,
+    which the writer itself may report only as text.
+    """
+
+    def __init__(
+        self,
+        decoded: _DecodedListing,
+        workers: list[Future[tuple[Path, _ShareAccount]]],
+        model_id: str,
+        dimensions: int,
+        nixpkgs_root: str | None,
+        progress: Callable[[int, int], None] | None,
+        progress_every: int,
+    ) -> None:
+        self.schema = main_schema(dimensions)
+        self.total = decoded.total
+        self.workers = len(workers) + 1
+        self.rows = 0
+        self.error: BaseException | None = None
+        self._decoded = decoded
+        self._futures = workers
+        self._account = _ShareAccount()
+        self._arguments = (model_id, dimensions, nixpkgs_root, progress, progress_every)
+        self._started = time.perf_counter()
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        model_id, dimensions, nixpkgs_root, progress, progress_every = self._arguments
+        own = _share_batches(
+            self._decoded,
+            0,
+            self.workers,
+            model_id,
+            dimensions,
+            nixpkgs_root,
+            progress,
+            progress_every,
+            self._account,
+        )
+        try:
+            for batch in chain(own, self._worker_batches()):
+                self.rows += batch.num_rows
+                yield batch
+        except BaseException as error:
+            self.error = error
+            raise
+        if progress is not None:
+            progress(self.total, self.total)
+
+    def _worker_batches(self) -> Iterator[pa.RecordBatch]:
+        for future in self._futures:
+            share_file, account = future.result()
+            self._account.merge(account)
+            # Read one batch at a time: the writer is done with a batch before the next comes.
+            with pa.OSFile(str(share_file)) as source:
+                reader = pa.ipc.open_file(source)
+                for index in range(reader.num_record_batches):
+                    yield _with_null_vectors(reader.get_batch(index), self.schema)
+
+    def report(self) -> NormalizationReport:
+        """The account of the whole listing, once :meth:`batches` has been read to the end."""
+        return self._account.report(
+            self._decoded, time.perf_counter() - self._started, self.workers
+        )
+
+
+@contextmanager
+def open_normalized_stream(
+    path: Path,
+    *,
+    model_id: str,
+    dimensions: int,
+    nixpkgs_root: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    progress_every: int = 20_000,
+    workers: int | None = None,
+    parallel_min_bytes: int = PARALLEL_MIN_BYTES,
+) -> Iterator[NormalizedStream]:
+    """Decodes the listing at ``path`` and starts the workers; yields the row stream.
+
+    Raises :class:`InvalidDumpError` on entry when the file is not a package listing. On
+    exit the workers are gone and their scratch files deleted (batches already read from a
+    mapped file stay readable).
+    """
+    workers = default_workers() if workers is None else max(1, workers)
+    # A daemonic process (a multiprocessing.Pool worker) may not start processes of its own.
+    if multiprocessing.current_process().daemon or path.stat().st_size < parallel_min_bytes:
+        workers = 1
+    # Millions of short-lived containers would trigger a full cyclic collection every few
+    # thousand rows (each traversing everything alive); nothing built here forms cycles.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    scratch = Path(tempfile.mkdtemp(prefix=".fdnix-normalize-", dir=path.parent))
+    # Spawned, not forked: the caller (a Dagster run) has threads, and fork copies their locks.
+    pool = (
+        ProcessPoolExecutor(
+            max_workers=workers - 1, mp_context=multiprocessing.get_context("spawn")
+        )
+        if workers > 1
+        else None
+    )
+    try:
+        futures = (
+            [
+                pool.submit(
+                    _normalize_share_to_file,
+                    path,
+                    scratch / f"share-{index}.arrow",
+                    index,
+                    workers,
+                    model_id,
+                    dimensions,
+                    nixpkgs_root,
+                    progress_every,
+                )
+                for index in range(1, workers)
+            ]
+            if pool is not None
+            else []
+        )
+        decoded = _decode_share(path.read_bytes())
+        yield NormalizedStream(
+            decoded, futures, model_id, dimensions, nixpkgs_root, progress, progress_every
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        # Unlinking a mapped file keeps its pages readable until the mapping goes away.
+        shutil.rmtree(scratch, ignore_errors=True)
+        if gc_was_enabled:
+            gc.enable()
 
 
 def normalize_listing_file(
@@ -686,96 +830,21 @@ def normalize_listing_file(
     """:func:`normalize_listing` on a file, splitting the work over ``workers`` processes.
 
     Normalizing is pure Python, so one process uses one core. Every worker decodes the outer
-    object itself (a fraction of a second) and normalizes one contiguous slice; each writes its
-    rows to an Arrow IPC file beside ``path``, which this process maps instead of copying. The
-    rows come out in the same order, with the same issues, as from one process.
+    object itself (a fraction of a second) and normalizes one contiguous slice. The rows come
+    out in the same order, with the same issues, as from one process.
     """
-    workers = default_workers() if workers is None else max(1, workers)
-    # A daemonic process (a multiprocessing.Pool worker) may not start processes of its own.
-    if multiprocessing.current_process().daemon:
-        workers = 1
-    if workers == 1 or path.stat().st_size < parallel_min_bytes:
-        return normalize_listing(
-            path.read_bytes(),
-            model_id=model_id,
-            dimensions=dimensions,
-            nixpkgs_root=nixpkgs_root,
-            progress=progress,
-            progress_every=progress_every,
-        )
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _normalize_in_parallel(
-            path, workers, model_id, dimensions, nixpkgs_root, progress, progress_every
-        )
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def _normalize_in_parallel(
-    path: Path,
-    workers: int,
-    model_id: str,
-    dimensions: int,
-    nixpkgs_root: str | None,
-    progress: Callable[[int, int], None] | None,
-    progress_every: int,
-) -> NormalizedPackages:
-    started = time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(prefix=".fdnix-normalize-", dir=path.parent))
-    # Spawned, not forked: the caller (a Dagster run) has threads, and fork copies their locks.
-    context = multiprocessing.get_context("spawn")
-    try:
-        with ProcessPoolExecutor(max_workers=workers - 1, mp_context=context) as pool:
-            futures = [
-                pool.submit(
-                    _normalize_share_to_file,
-                    path,
-                    scratch / f"share-{index}.arrow",
-                    index,
-                    workers,
-                    model_id,
-                    dimensions,
-                    nixpkgs_root,
-                    progress_every,
-                )
-                for index in range(1, workers)
-            ]
-            try:
-                decoded = _decode_share(path.read_bytes())
-                own = _normalize_share(
-                    decoded,
-                    0,
-                    workers,
-                    model_id,
-                    dimensions,
-                    nixpkgs_root,
-                    progress,
-                    progress_every,
-                )
-                others = [future.result() for future in futures]
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-        tables = [own.columns.table()]
-        for share_file, issues, failures, invalid_meta in others:
-            # Memory-mapped: the rows stay in the page cache, not in this process's heap.
-            tables.append(pa.ipc.open_file(pa.memory_map(str(share_file))).read_all())
-            own.issues.update(issues)
-            own.failures.extend(failures)
-            own.invalid_meta.update(invalid_meta)
-        table = pa.concat_tables(tables)
-    finally:
-        # Unlinking a mapped file keeps its pages readable until the mapping goes away.
-        shutil.rmtree(scratch, ignore_errors=True)
-    if progress is not None:
-        progress(decoded.total, decoded.total)
-    normalized = own.result(table, decoded, time.perf_counter() - started)
-    normalized.workers = workers
-    return normalized
+    with open_normalized_stream(
+        path,
+        model_id=model_id,
+        dimensions=dimensions,
+        nixpkgs_root=nixpkgs_root,
+        progress=progress,
+        progress_every=progress_every,
+        workers=workers,
+        parallel_min_bytes=parallel_min_bytes,
+    ) as stream:
+        table = pa.Table.from_batches(list(stream.batches()), schema=stream.schema)
+        return NormalizedPackages(table=table, **vars(stream.report()))
 
 
 def _normalize_share_to_file(
@@ -787,24 +856,26 @@ def _normalize_share_to_file(
     dimensions: int,
     nixpkgs_root: str | None,
     progress_every: int,
-) -> tuple[Path, Counter[str], list[str], dict[str, list[str]]]:
+) -> tuple[Path, _ShareAccount]:
     """A worker process's part: its share of the rows, streamed to an Arrow IPC file."""
     gc.disable()
     decoded = _decode_share(path.read_bytes())
+    account = _ShareAccount()
+    # Vectors are all null here; the file leaves them out rather than store 1.5 kB of zeros
+    # per row, and the reading side puts them back.
     schema = main_schema(dimensions)
+    schema = schema.remove(schema.get_field_index("vector"))
     with pa.OSFile(str(share_file), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        share = _normalize_share(
-            decoded,
-            index,
-            count,
-            model_id,
-            dimensions,
-            nixpkgs_root,
-            None,
-            progress_every,
-            writer.write_batch,
-        )
-    return share_file, share.issues, share.failures, share.invalid_meta
+        for batch in _share_batches(
+            decoded, index, count, model_id, dimensions, nixpkgs_root, None, progress_every, account
+        ):
+            writer.write_batch(batch.drop_columns(["vector"]))
+    return share_file, account
+
+
+def _with_null_vectors(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    vector_field = schema.field("vector")
+    return batch.append_column(vector_field, _null_vectors(len(batch), vector_field.type))
 
 
 def _meta_json(encoder: msgspec.json.Encoder, meta: dict[str, Any], issues: Counter[str]) -> bytes:

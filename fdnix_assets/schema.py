@@ -58,6 +58,10 @@ def vector_type(dimensions: int, value_type: pa.DataType | None = None) -> pa.Da
     return pa.list_(pa.field("item", value_type or pa.float32()), dimensions)
 
 
+# The package flags of the main dataset, counted in its materialization metadata.
+FLAG_COLUMNS = ["broken", "insecure", "unfree", "unsupported", "available"]
+
+
 def main_schema(dimensions: int) -> pa.Schema:
     """Schema of the main dataset (``fdnix-data.lancedb``, table ``packages``)."""
     return pa.schema(

@@ -6,14 +6,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
+from fdnix_assets.datasets import DatasetProvenance, build_main_dataset
 from fdnix_assets.normalize import (
     INVALID_UTF8_ISSUE,
     InvalidDumpError,
     normalize_listing,
     normalize_listing_file,
 )
+from fdnix_assets.schema import FLAG_COLUMNS
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DIMENSIONS = 384
@@ -78,3 +84,51 @@ def test_a_bad_listing_fails_the_same_way_with_workers(tmp_path: Path) -> None:
     with pytest.raises(InvalidDumpError, match="not valid JSON"):
         normalize_file(listing, workers=2)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["truncated.json"]
+
+
+def test_the_main_dataset_streams_from_the_workers_into_lancedb(
+    sample_listing: Path, tmp_path: Path
+) -> None:
+    single = normalize_listing(
+        sample_listing.read_bytes(), model_id=MODEL_ID, dimensions=DIMENSIONS
+    )
+    provenance = DatasetProvenance(
+        source=str(sample_listing),
+        source_kind="file",
+        embedding_model=MODEL_ID,
+        embedding_dimensions=DIMENSIONS,
+        embedding_backend="local",
+    )
+    # A previous dataset where a third of the packages already have vectors.
+    reusable = single.table.select(["content_hash", "vector"]).slice(0, 700)
+    vectors = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.ones(700 * DIMENSIONS, dtype=np.float32)), DIMENSIONS
+    )
+    reusable = reusable.set_column(1, reusable.schema.field("vector"), vectors)
+
+    built = build_main_dataset(
+        sample_listing,
+        tmp_path / "fdnix-data.lancedb",
+        provenance,
+        model_id=MODEL_ID,
+        dimensions=DIMENSIONS,
+        previous_vectors=reusable,
+        workers=2,
+        parallel_min_bytes=0,
+    )
+
+    written = lancedb.connect(str(tmp_path / "fdnix-data.lancedb")).open_table("packages")
+    table = written.to_arrow()
+    assert built.rows == table.num_rows == single.row_count
+    assert built.report.workers == 2
+    assert built.report.issues == single.issues
+    assert built.vectors_reused == 700
+    assert table["vector"].null_count == single.row_count - 700
+    assert table.drop(["vector"]).equals(single.table.drop(["vector"]))
+    assert built.flag_counts == {
+        name: int(pc.sum(single.table[name]).as_py()) for name in FLAG_COLUMNS
+    }
+    assert built.with_description == single.row_count - single.table["description"].null_count
+    recorded = DatasetProvenance.from_schema(table.schema)
+    assert recorded is not None
+    assert (recorded.source, recorded.embedding_model) == (str(sample_listing), MODEL_ID)

@@ -24,22 +24,19 @@ from pydantic import Field
 
 from fdnix_assets.datasets import (
     DatasetProvenance,
-    carry_over_vectors,
-    column_counts,
+    build_main_dataset,
     column_schema,
     open_packages,
     read_columns,
     read_vectors_for_reuse,
-    write_packages,
 )
 from fdnix_assets.embedding.resource import EmbeddingBackend
 from fdnix_assets.io_managers import DATASET_METADATA_KEY, StagedDataset
 from fdnix_assets.nix.extract import ExtractionError, redact_url
-from fdnix_assets.normalize import InvalidDumpError, normalize_listing_file
+from fdnix_assets.normalize import InvalidDumpError
 from fdnix_assets.resources import DatasetStorage, NixpkgsSource
 from fdnix_assets.storage import Snapshot
 
-FLAG_COLUMNS = ["broken", "insecure", "unfree", "unsupported", "available"]
 SHOWN_LIMIT = 50
 DEFAULT_MAX_ROW_DROP = 0.2
 UNIQUE_ATTR_PATH_CHECK = "attr_path_unique_and_non_empty"
@@ -96,14 +93,29 @@ def nixpkgs_packages(
     started = time.perf_counter()
     work_dir = dataset_storage.work_dir / context.run_id
     source = redact_url(nixpkgs_source.description)
+    store = dataset_storage.store("main")
+    previous = store.latest()
+    previous_rows = None if previous is None else _row_count(previous)
+    previous_vectors = read_vectors_for_reuse(previous, embedding_backend.dimensions)
+    staged = work_dir / "fdnix-data.lancedb"
     try:
         listing = nixpkgs_source.fetch(work_dir / "nix", log=context.log.info)
         input_bytes = listing.size_bytes
-        normalized = normalize_listing_file(
+        provenance = DatasetProvenance(
+            source=listing.source,
+            source_kind=listing.source_kind,
+            embedding_model=embedding_backend.model_id,
+            embedding_dimensions=embedding_backend.dimensions,
+            embedding_backend=embedding_backend.backend,
+        )
+        built = build_main_dataset(
             listing.path,
+            staged,
+            provenance,
             model_id=embedding_backend.model_id,
             dimensions=embedding_backend.dimensions,
             nixpkgs_root=listing.nixpkgs_root,
+            previous_vectors=previous_vectors,
             progress=lambda done, total: context.log.info(
                 f"normalized {done:,} of {total:,} packages"
             ),
@@ -114,37 +126,20 @@ def nixpkgs_packages(
             description=f"reading {source} failed: {error}",
             metadata={"source": source},
         ) from None
-    finally:
-        shutil.rmtree(work_dir / "nix", ignore_errors=True)
-    table = normalized.table
-
-    store = dataset_storage.store("main")
-    previous = store.latest()
-    previous_vectors = read_vectors_for_reuse(previous, embedding_backend.dimensions)
-    previous_rows = None if previous is None else _row_count(previous)
-    problem = row_drop_problem(table.num_rows, previous_rows, config.max_row_drop_fraction)
-    if problem:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise Failure(
-            description=f"{source}: {problem}",
-            metadata={"rows": table.num_rows, "previous_rows": previous_rows or 0},
-        )
-    table, reused = carry_over_vectors(table, previous_vectors)
-
-    provenance = DatasetProvenance(
-        source=listing.source,
-        source_kind=listing.source_kind,
-        embedding_model=embedding_backend.model_id,
-        embedding_dimensions=embedding_backend.dimensions,
-        embedding_backend=embedding_backend.backend,
-    )
-    staged = work_dir / "fdnix-data.lancedb"
-    try:
-        write_packages(staged, table, provenance)
     except BaseException:
         # A half-written dataset (a full disk, say) must not keep the space it took.
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(work_dir / "nix", ignore_errors=True)
+    normalized = built.report
+    problem = row_drop_problem(built.rows, previous_rows, config.max_row_drop_fraction)
+    if problem:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise Failure(
+            description=f"{source}: {problem}",
+            metadata={"rows": built.rows, "previous_rows": previous_rows or 0},
+        )
     seconds = time.perf_counter() - started
 
     if listing.stderr_lines:
@@ -158,11 +153,10 @@ def nixpkgs_packages(
             f"{len(normalized.evaluation_failures)} packages failed to evaluate and are left "
             f"out: {', '.join(normalized.evaluation_failures[:SHOWN_LIMIT])}"
         )
-    flags = column_counts(table, FLAG_COLUMNS)
     return Output(
-        StagedDataset(path=staged, rows=table.num_rows),
+        StagedDataset(path=staged, rows=built.rows),
         metadata={
-            "dagster/row_count": table.num_rows,
+            "dagster/row_count": built.rows,
             "source": listing.source,
             "source_kind": listing.source_kind,
             "input_shape": normalized.input_shape,
@@ -172,9 +166,9 @@ def nixpkgs_packages(
             "normalize_workers": normalized.workers,
             "total_seconds": round(seconds, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "flag_counts": MetadataValue.json(flags),
-            "with_description": int(pc.sum(pc.is_valid(table["description"])).as_py()),
-            "vectors_reused": reused,
+            "flag_counts": MetadataValue.json(built.flag_counts),
+            "with_description": built.with_description,
+            "vectors_reused": built.vectors_reused,
             "previous_rows": previous_rows if previous_rows is not None else -1,
             "max_row_drop_fraction": config.max_row_drop_fraction,
             "evaluation_failures": len(normalized.evaluation_failures),
@@ -193,7 +187,7 @@ def nixpkgs_packages(
             ),
             "embedding_model": embedding_backend.model_id,
             "embedding_dimensions": embedding_backend.dimensions,
-            "dagster/column_schema": column_schema(table.schema),
+            "dagster/column_schema": column_schema(built.schema),
         },
     )
 
