@@ -100,19 +100,13 @@ def write_packages(
     )
 
 
-def carry_over_vectors(table: pa.Table, previous: pa.Table | None) -> tuple[pa.Table, int]:
-    """Fills ``vector`` from ``previous`` rows with the same content hash.
+class VectorCarryOver:
+    """Fills ``vector`` from an earlier dataset's rows with the same content hash, one record
+    batch at a time as the batches stream past.
 
     The content hash covers the embedded text, the model and the dimension, so a match means
-    the vector would come out the same. Returns the table and how many vectors were reused.
+    the vector would come out the same. :attr:`reused` counts the vectors filled in.
     """
-    carry = VectorCarryOver(previous)
-    batches = [carry.apply(batch) for batch in table.to_batches()]
-    return pa.Table.from_batches(batches, schema=table.schema), carry.reused
-
-
-class VectorCarryOver:
-    """:func:`carry_over_vectors` one record batch at a time, as the batches stream past."""
 
     def __init__(self, previous: pa.Table | None) -> None:
         self.reused = 0
@@ -155,11 +149,6 @@ def read_vectors_for_reuse(snapshot: Snapshot | None, dimensions: int) -> pa.Tab
 def read_columns(table: Any, columns: list[str]) -> pa.Table:
     """Only the named columns of every row (``to_arrow`` would read them all)."""
     return table.search().select(columns).limit(None).to_arrow()
-
-
-def column_counts(table: pa.Table, columns: list[str]) -> dict[str, int]:
-    """How many rows are true, for each boolean column."""
-    return {name: int(pc.sum(table[name]).as_py() or 0) for name in columns}
 
 
 def column_schema(schema: pa.Schema) -> Any:
