@@ -13,9 +13,12 @@ A query is answered from four kinds of evidence, each good at what the others mi
   from, to the packages' vectors: intent queries ("take a screenshot") share no word with
   the name.
 
-The evidence is fused into one score per package. Equal scores go to the shorter attribute
-path; broken, insecure, unfree and unsupported packages take a small penalty, so they never
-outrank an equally good healthy package. Filters (licenses, platform, flags) are applied
+The evidence is fused into one score per package, with small priors: packages that install
+a program, that other packages' descriptions often name (popularity), or that belong to a
+language ecosystem the query names ("python orm") rank higher; split-off parts (``-doc``,
+``-dev``) lower. Equal scores go to healthy packages first (broken, insecure, unfree and
+unsupported ones never outrank an equally good healthy package), then to the shorter
+attribute path. Filters (licenses, platform, flags) are applied
 inside every retrieval, before the limit.
 
 Only lancedb, pyarrow and numpy are needed, plus :mod:`fdnix_assets.search_embedding`: this
@@ -24,26 +27,24 @@ module is shipped in the Lambda layer without the rest of the package.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import re
+import sys
 import threading
 import time
+import types
 import unicodedata
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# LanceDB reads this once, when it loads: without it every query logs a warning about the
-# _distance/_score columns.
-os.environ.setdefault("LANCEDB_LOG", "error")
-
-import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from lancedb.query import MatchQuery, MultiMatchQuery
 
 from fdnix_assets.search_embedding import (
     EmbedderUnavailable,
@@ -51,6 +52,75 @@ from fdnix_assets.search_embedding import (
     QueryEmbedder,
     embedder_for,
 )
+
+# LanceDB reads this once, when it loads: without it every query logs a warning about the
+# _distance/_score columns.
+os.environ.setdefault("LANCEDB_LOG", "error")
+
+_REST_CLIENT = "lance_namespace_urllib3_client"
+
+
+class _DeferredApi:
+    """A class of the REST namespace client's ``api`` modules, imported when first used."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self._module = module
+        self._name = name
+
+    def _real(self) -> Any:
+        for loaded in [m for m in sys.modules if m.startswith(f"{_REST_CLIENT}.api")]:
+            if isinstance(sys.modules[loaded], _DeferredApiModule):
+                del sys.modules[loaded]
+        return getattr(importlib.import_module(self._module), self._name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._real()(*args, **kwargs)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._real(), attribute)
+
+
+class _DeferredApiModule(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _DeferredApi(self.__name__, name)
+
+
+def _defer_rest_namespace_client() -> None:
+    """Keeps ``import lancedb`` from loading the REST namespace client's API classes.
+
+    ``lancedb`` imports ``lance_namespace``, whose generated OpenAPI client defines every
+    REST operation with pydantic validators at import time: about half of the 1.1 s
+    ``import lancedb`` takes, for a client that opening a directory or an S3 URI never
+    uses (nothing in lancedb or lance_namespace touches those classes). Each of its ``api``
+    modules is registered as a stand-in whose classes import the real module when first
+    called, so nothing breaks if something does use them.
+    """
+    if "lancedb" in sys.modules or _REST_CLIENT in sys.modules:
+        return
+    try:
+        spec = importlib.util.find_spec(_REST_CLIENT)
+    except (ImportError, ValueError):
+        return
+    if spec is None or not spec.submodule_search_locations:
+        return
+    api_dir = os.path.join(next(iter(spec.submodule_search_locations)), "api")
+    if not os.path.isdir(api_dir):
+        return
+    package = _DeferredApiModule(f"{_REST_CLIENT}.api")
+    package.__path__ = [api_dir]
+    sys.modules[package.__name__] = package
+    for entry in os.listdir(api_dir):
+        if entry.endswith("_api.py"):
+            name = f"{package.__name__}.{entry[:-3]}"
+            sys.modules[name] = _DeferredApiModule(name)
+
+
+_defer_rest_namespace_client()
+
+import lancedb  # noqa: E402
+from lancedb.query import MatchQuery, MultiMatchQuery  # noqa: E402
 
 TABLE_NAME = "packages"
 NAMES_COLUMN = "names"
@@ -81,6 +151,8 @@ META_LICENSE_ALIASES = b"fdnix.minified.license_aliases"
 META_VECTOR_DIMENSIONS = b"fdnix.minified.vector_dimensions"
 META_VECTOR_PROJECTION = b"fdnix.minified.vector_projection"
 META_VECTOR_COUNT = b"fdnix.minified.vectors"
+META_PACKAGE_SETS = b"fdnix.minified.package_sets"
+MENTIONS_COLUMN = "mentions"
 # Written on the vector field by fdnix_assets.embedding.vector_index with the index.
 ANN_NPROBES = b"fdnix.ann.nprobes"
 ANN_REFINE_FACTOR = b"fdnix.ann.refine_factor"
@@ -104,7 +176,7 @@ MAX_OFFSET = 1_000
 MAX_FILTER_VALUES = 20
 
 # Retrieval depths: how many candidates each kind of evidence contributes.
-TEXT_CANDIDATES = 60
+TEXT_CANDIDATES = 40
 VECTOR_CANDIDATES = 50
 FUZZY_CANDIDATES = 40
 PREFIX_CANDIDATES = 40
@@ -117,22 +189,50 @@ DEFAULT_REFINE_FACTOR = 5
 TEXT_BOOSTS = {NAMES_COLUMN: 0.5, "description": 1.5, "long_description": 0.6}
 
 # How much each kind of evidence counts in the fused score (see fuse()). Measured with
-# benchmarks/search_bench.py on the full fixture (dev queries and the held-out extra set):
-# names dominate, the vector outweighs BM25, and BM25 scores are relative to the query's
-# best hit, so they only order packages that are otherwise alike.
+# benchmarks/search_bench.py on the full fixture (dev queries and the held-out extra set,
+# judged together, each reported): names dominate, the vector outweighs BM25, and BM25
+# scores are relative to the query's best hit, so they only order packages that are
+# otherwise alike. Linear blending beat reciprocal rank fusion (k 10-60) on both sets.
 NAME_WEIGHT = 2.5
-TEXT_WEIGHT = 0.1
+TEXT_WEIGHT = 0.05
 VECTOR_WEIGHT = 0.3
-# MiniLM gives unrelated texts a cosine similarity up to ~0.4: the vector counts above that.
+# MiniLM gives unrelated texts a cosine similarity up to ~0.4: the vector counts above that,
+# and 0.7 is already as close as a package's text gets to a short query.
 VECTOR_FLOOR = 0.4
-VECTOR_CEILING = 0.8
+VECTOR_CEILING = 0.7
 # Priors, small next to any name match: a package that installs a program (meta.mainProgram)
 # is what most searches look for, and a split-off part of another package (its docs,
 # headers, data, or the unwrapped inner derivation) ranks below the package itself.
-PROGRAM_BONUS = 0.15
+PROGRAM_BONUS = 0.1
 PART_PENALTY = 0.1
+# How well known a package is, from the dataset itself: how many other packages' descriptions
+# name it (plugins, front ends and wrappers name what they extend: 47 mention jest, 23
+# weechat, none a one-off screenshot script). Counts saturate at about 20 mentions, so
+# fame orders equally relevant packages and never outweighs a better match.
+POPULARITY_WEIGHT = 0.15
+POPULARITY_SATURATION = 3.0  # log1p(mentions) at which the prior is full
+# A query naming a language ecosystem ("python orm", "javascript test framework") means
+# that ecosystem's package set: its members get this much on top of their evidence.
+ECOSYSTEM_BONUS = 0.3
+# Words that name an ecosystem, keyed by the word its package sets are named with
+# (python313Packages -> python). The minify step records which sets the dataset has.
+ECOSYSTEM_WORDS: dict[str, frozenset[str]] = {
+    "python": frozenset({"python", "python3", "py"}),
+    "node": frozenset({"node", "nodejs", "javascript", "js", "npm"}),
+    "perl": frozenset({"perl"}),
+    "ruby": frozenset({"ruby", "gem", "gems"}),
+    "haskell": frozenset({"haskell", "ghc", "hackage"}),
+    "lua": frozenset({"lua"}),
+    "ocaml": frozenset({"ocaml", "opam"}),
+    "php": frozenset({"php"}),
+    "emacs": frozenset({"emacs", "elisp"}),
+    "rust": frozenset({"rust", "cargo"}),
+    "go": frozenset({"go", "golang"}),
+    "julia": frozenset({"julia"}),
+    "coq": frozenset({"coq", "rocq"}),
+    "texlive": frozenset({"tex", "latex", "texlive"}),
+}
 PART_SUFFIX = r"-(doc|docs|dev|dbg|prof|common|data|examples|tests?|unwrapped)$"
-FLAG_PENALTY = 0.02
 # Name evidence below an exact match: a prefix scores by how much of the name it covers
 # (``thunderb`` is most of ``thunderbird``), a typo by its edits; a query that is a prefix
 # of one name and a name plus a letter (``vaultw``) is more likely being typed than mistyped.
@@ -178,6 +278,7 @@ def minified_schema(dimensions: int) -> pa.Schema:
             pa.field("insecure", pa.bool_(), nullable=False),
             pa.field("unfree", pa.bool_(), nullable=False),
             pa.field("unsupported", pa.bool_(), nullable=False),
+            pa.field(MENTIONS_COLUMN, pa.uint16(), nullable=False),
             pa.field(NAMES_COLUMN, pa.string(), nullable=False),
             pa.field("vector", vector_type(dimensions)),
         ]
@@ -487,9 +588,12 @@ class PackageSearch:
 
         # What results show and what ranking and filters read stays in memory (about 35 MB
         # for 120k packages): fetching it per query from the table costs more than a search.
+        ranking_columns = ["platform_set"]
+        if MENTIONS_COLUMN in schema.names:
+            ranking_columns.append(MENTIONS_COLUMN)
         loaded = (
             table.search()
-            .select([*RESULT_COLUMNS, "platform_set"])
+            .select([*RESULT_COLUMNS, *ranking_columns])
             .with_row_id(True)
             .limit(None)
             .to_arrow()
@@ -509,6 +613,19 @@ class PackageSearch:
             zero_copy_only=False
         )
         self.platform_column = loaded["platform_set"].to_numpy()
+        self.popularity = popularity_prior(
+            loaded[MENTIONS_COLUMN].to_numpy()
+            if MENTIONS_COLUMN in loaded.column_names
+            else np.zeros(self.rows, dtype=np.uint16)
+        )
+        package_sets: dict[str, str] = json.loads(metadata.get(META_PACKAGE_SETS, b"{}"))
+        self.ecosystem_members: dict[str, np.ndarray] = {}
+        for prefix, ecosystem in package_sets.items():
+            members = pc.starts_with(self.columns["attr_path"], prefix + ".").to_numpy(
+                zero_copy_only=False
+            )
+            known = self.ecosystem_members.get(ecosystem)
+            self.ecosystem_members[ecosystem] = members if known is None else known | members
         self._mask_cache: dict[SearchFilters, tuple[np.ndarray | None, str | None]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="fdnix-search")
@@ -735,7 +852,7 @@ class PackageSearch:
                     else:
                         entry.name = max(entry.name, value)
 
-        ranked = self._rank(evidence)
+        ranked = self._rank(evidence, self._ecosystems_named(text))
         page = ranked[offset : offset + limit]
         results = self._materialize(page, evidence)
         timings["total"] = _ms(started)
@@ -881,7 +998,18 @@ class PackageSearch:
             return int(row_id)
         return int(np.searchsorted(self.row_ids, row_id))
 
-    def _rank(self, evidence: dict[int, _Evidence]) -> list[tuple[int, float]]:
+    def _ecosystems_named(self, text: str) -> list[str]:
+        """The language ecosystems of this dataset that the query names by a word."""
+        words = set(_WORD_SPLIT.split(text.lower()))
+        return [
+            ecosystem
+            for ecosystem in self.ecosystem_members
+            if words & ECOSYSTEM_WORDS.get(ecosystem, frozenset())
+        ]
+
+    def _rank(
+        self, evidence: dict[int, _Evidence], ecosystems: Sequence[str] = ()
+    ) -> list[tuple[int, float]]:
         if not evidence:
             return []
         rows = np.fromiter(evidence.keys(), dtype=np.int64, count=len(evidence))
@@ -893,9 +1021,11 @@ class PackageSearch:
         scores = (
             fuse(name, text, vector)
             + PROGRAM_BONUS * self.has_program[rows]
+            + POPULARITY_WEIGHT * self.popularity[rows]
             - PART_PENALTY * self.is_part[rows]
-            - FLAG_PENALTY * self.flagged[rows]
         )
+        for ecosystem in ecosystems:
+            scores = scores + ECOSYSTEM_BONUS * self.ecosystem_members[ecosystem][rows]
         scores = np.round(scores, 6)
         order = np.lexsort((rows, self.attr_path_lengths[rows], self.flagged[rows], -scores))
         return [(int(rows[i]), float(scores[i])) for i in order]
@@ -923,6 +1053,13 @@ def fuse(name: np.ndarray, text: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """
     semantic = np.clip((vector - VECTOR_FLOOR) / (VECTOR_CEILING - VECTOR_FLOOR), 0.0, 1.0)
     return NAME_WEIGHT * name + TEXT_WEIGHT * text + VECTOR_WEIGHT * semantic
+
+
+def popularity_prior(mentions: np.ndarray) -> np.ndarray:
+    """0..1 from how many other packages mention a package, saturating (see POPULARITY_*)."""
+    return np.minimum(np.log1p(mentions.astype(np.float64)), POPULARITY_SATURATION) / (
+        POPULARITY_SATURATION
+    )
 
 
 def _fuzzy_eligible(text: str) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 
 import lancedb
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -20,6 +21,8 @@ from fdnix_assets.minify import (
     fts_configs,
     fts_language,
     license_aliases,
+    mention_counts,
+    package_sets,
     platform_sets,
 )
 from fdnix_assets.search import PackageSearch
@@ -81,6 +84,35 @@ def test_license_aliases_resolve_to_the_stored_label() -> None:
     assert aliases["apache license 2.0"] == "Apache-2.0"
 
 
+def test_mentions_count_other_packages_naming_a_package() -> None:
+    attr_paths = pa.array(["weechat", "weechat-matrix", "irc-bot", "lonely", "is", "misc"])
+    descriptions = pa.array(
+        [
+            "Fast chat client; weechat is extensible",  # its own name: no mention
+            "Matrix plugin for WeeChat.",
+            "Bot that relays IRC to weechat, and weechat again",  # counts once
+            None,
+            "Checks what a value is",
+            "Docs: see lonely",
+        ]
+    )
+    long_descriptions = pa.array([None, "Talks to weechat", None, None, None, None])
+    counts = mention_counts(attr_paths, descriptions, long_descriptions)
+    assert counts.tolist() == [2, 0, 0, 1, 0, 0]
+    # A name that is an English function word says nothing when a description uses it.
+    assert counts[attr_paths.to_pylist().index("is")] == 0
+
+
+def test_package_sets_name_the_ecosystems_big_enough_to_search_by() -> None:
+    attr_paths = (
+        [f"python313Packages.p{i}" for i in range(250)]
+        + [f"nodePackages.n{i}" for i in range(199)]
+        + [f"fooPackages.f{i}" for i in range(300)]
+        + ["git"]
+    )
+    assert package_sets(attr_paths) == {"python313Packages": "python"}
+
+
 def test_minified_keeps_the_search_columns_in_compact_form(
     embedded_main: Path, minified_sample: Path
 ) -> None:
@@ -117,6 +149,11 @@ def test_provenance_and_indexes_are_recorded(minified_sample: Path) -> None:
     assert metadata[fmt.META_EMBEDDING_DIMENSIONS] == b"384"
     assert metadata[fmt.META_EMBEDDING_BACKEND] == b"local"
     assert metadata[fmt.META_VECTOR_COUNT] == str(table.count_rows()).encode()
+    assert json.loads(metadata[fmt.META_PACKAGE_SETS]) == {"python313Packages": "python"}
+    mentions = table.search().select(["attr_path", "mentions"]).limit(None).to_arrow()
+    names = mentions["attr_path"].to_pylist()
+    by_name = dict(zip(names, mentions["mentions"].to_pylist(), strict=True))
+    assert by_name["git"] > 0
     indexed = {tuple(index.columns) for index in table.list_indices()}
     assert {("names",), ("description",), ("long_description",)} <= indexed
     keys = lancedb.connect(str(minified_sample)).open_table(fmt.NAME_KEYS_TABLE).to_arrow()

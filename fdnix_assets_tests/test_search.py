@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +228,51 @@ def test_ties_go_to_shorter_paths_and_healthy_packages(tmp_path: Path) -> None:
     assert top(search, "waters plants")[:2] == ["ddd2", "ddd1"]
     # The flagged package is still found, just not ahead of its healthy twin.
     assert "bbb1" in top(search, "polishes gadgets", filters=SearchFilters(broken=True))
+
+
+def test_a_query_naming_an_ecosystem_prefers_its_package_set(engine: PackageSearch) -> None:
+    assert engine._ecosystems_named("python test framework") == ["python"]
+    assert engine._ecosystems_named("pythonic test framework") == []
+    named = top(engine, "python test framework", limit=5)
+    assert all(a.startswith("python313Packages.") for a in named), named
+    assert not all(
+        a.startswith("python313Packages.") for a in top(engine, "test framework", limit=5)
+    )
+
+
+def test_of_two_equally_good_packages_the_one_others_mention_ranks_first(
+    tmp_path: Path,
+) -> None:
+    entries = [
+        search_support.package("kestrel", "Sorts holiday photos into albums"),
+        search_support.package("osprey", "Sorts holiday photos into albums"),
+        *(
+            search_support.package(f"addon{i}", f"Extension number {i} for kestrel")
+            for i in range(4)
+        ),
+    ]
+    vectors = {"kestrel": search_support.unit(1), "osprey": search_support.unit(1)}
+    vectors |= {f"addon{i}": search_support.unit(10 + i) for i in range(4)}
+    path = search_support.listing_dataset(tmp_path, "fame", entries, vectors)
+    search = PackageSearch.open(str(path))
+    assert search.popularity[search.columns["attr_path"].to_pylist().index("kestrel")] > 0
+    # Without mentions the shorter path would win the tie.
+    assert top(search, "sorts holiday photos")[:2] == ["kestrel", "osprey"]
+
+
+def test_lancedb_loads_without_the_rest_namespace_api_which_still_works() -> None:
+    script = (
+        "import sys\n"
+        "import fdnix_assets.search\n"
+        "api = sys.modules['lance_namespace_urllib3_client.api.table_api']\n"
+        "print(type(api).__name__)\n"
+        "import lance_namespace_urllib3_client as client\n"
+        "print(type(client.TableApi(client.ApiClient())).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.split() == ["_DeferredApiModule", "TableApi"]
 
 
 def test_bedrock_dataset_embeds_queries_with_invoke_model(
