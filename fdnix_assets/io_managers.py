@@ -72,8 +72,12 @@ class DatasetIOManager(ConfigurableIOManager):
             )
 
         store = self._storage_for(context).store(kind, upload_progress=log_upload)
-        report = store.publish(obj.path, new_snapshot_id(context.run_id))
-        shutil.rmtree(obj.path, ignore_errors=True)
+        try:
+            report = store.publish(obj.path, new_snapshot_id(context.run_id))
+        finally:
+            # Published or not, the staged copy is done with: a failed publish (S3 down, a
+            # full disk) must not leave a whole dataset behind in the work directory.
+            shutil.rmtree(obj.path, ignore_errors=True)
         context.log.info(
             f"published {store.dataset} snapshot {report.snapshot.snapshot_id} to "
             f"{report.snapshot.uri}: {report.file_count} files, "

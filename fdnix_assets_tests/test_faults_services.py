@@ -39,7 +39,8 @@ from dagster_aws.s3 import S3Resource
 
 from fdnix_assets.assets.metadata import nixpkgs_packages
 from fdnix_assets.definitions import build_resources
-from fdnix_assets.resources import NixpkgsSource
+from fdnix_assets.io_managers import DatasetIOManager
+from fdnix_assets.resources import DatasetStorage, NixpkgsSource
 from fdnix_assets.settings import load_settings
 from fdnix_assets.storage import StorageError, tree_listing
 from fdnix_assets.storage_s3 import S3DatasetStore
@@ -669,3 +670,38 @@ def test_the_disk_filling_up_while_writing_keeps_the_dataset_and_frees_the_space
         again = run(small)
     assert again.success
     assert rows_of(output) == before[1]
+
+
+def test_a_run_whose_upload_dies_keeps_the_pointer_and_leaves_no_staged_dataset(
+    aws_env: str, s3_bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    env = {
+        "NIXPKGS_JSON": str(small_dump(tmp_path / "dump.json")),
+        "OUTPUT_PATH": str(tmp_path / "out" / "fdnix-data.lancedb"),
+        "ARTIFACTS_BUCKET": s3_bucket,
+    }
+    resources = build_resources(load_settings(env))
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize([nixpkgs_packages], resources=resources, instance=instance).success
+        direct = resources["dataset_storage"].store("main")
+        pointer = direct.read_pointer()
+        # The next run's storage talks to S3 through the proxy, which dies on the third PUT.
+        storage = DatasetStorage(
+            output_path=env["OUTPUT_PATH"],
+            output_minified_path=str(tmp_path / "out" / "fdnix.lancedb"),
+            artifacts_bucket=s3_bucket,
+            s3=S3Resource(region_name="us-east-1", endpoint_url=proxy.endpoint, max_attempts=2),
+        )
+        resources |= {
+            "dataset_storage": storage,
+            "dataset_io_manager": DatasetIOManager(storage=storage),
+        }
+        proxy.add(Fault("PUT", "stop", after=2))
+        result = materialize(
+            [nixpkgs_packages], resources=resources, instance=instance, raise_on_error=False
+        )
+    assert not result.success
+    assert any(line.startswith("stop PUT") for line in proxy.injected)
+    assert direct.read_pointer() == pointer
+    assert direct.list_snapshots() == [pointer.snapshot_id]
+    assert list((tmp_path / "out" / ".fdnix-work").glob("*/*")) == []
