@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ from fdnix_assets.search import (
     ModelMismatchError,
     PackageSearch,
     SearchFilters,
+    _NameIndex,
     name_key,
+    name_keys_table,
     name_words,
     osa_distance,
 )
@@ -228,6 +231,40 @@ def test_ties_go_to_shorter_paths_and_healthy_packages(tmp_path: Path) -> None:
     assert top(search, "waters plants")[:2] == ["ddd2", "ddd1"]
     # The flagged package is still found, just not ahead of its healthy twin.
     assert "bbb1" in top(search, "polishes gadgets", filters=SearchFilters(broken=True))
+
+
+def test_name_typos_are_found_in_memory_by_pair_signatures() -> None:
+    index = _NameIndex(
+        name_keys_table(
+            ["ripgrep", "kubectl", "python313Packages.requests", "grep"],
+            ["ripgrep", "kubectl", "python3.13-requests", "gnugrep"],
+            ["rg", None, None, "grep"],
+        )
+    )
+    # A swap of neighbours is one edit; a dropped letter is one; "grpe" is one from grep.
+    assert {(r, d) for r, _, d in index.typos("ripgrpe", 2, 200)} == {(0, 1)}
+    assert {(r, d) for r, _, d in index.typos("kubctl", 2, 200)} == {(1, 1)}
+    assert {(r, d) for r, _, d in index.typos("reqeusts", 2, 200)} == {(2, 1)}
+    assert {(r, d) for r, _, d in index.typos("grpe", 1, 200)} == {(3, 1)}
+    # Too many edits, or the name itself (that is an exact match, not a typo): nothing.
+    assert index.typos("rpgirep", 1, 200) == []
+    assert index.typos("kubectl", 2, 200) == []
+
+
+def test_without_pair_signatures_typos_come_from_the_fuzzy_index(
+    minified_sample: Path, tmp_path: Path
+) -> None:
+    import lancedb
+
+    copy = tmp_path / "old.lancedb"
+    shutil.copytree(minified_sample, copy)
+    db = lancedb.connect(str(copy))
+    keys = db.open_table("name_keys").to_arrow().drop_columns(["grams"])
+    db.create_table("name_keys", data=keys, mode="overwrite")
+    old = PackageSearch.open(str(copy))
+    assert old.names.grams is None
+    assert top(old, "memcahced")[0] == "memcached"
+    assert top(old, "gnumerc")[0] == "gnumeric"
 
 
 def test_a_query_naming_an_ecosystem_prefers_its_package_set(engine: PackageSearch) -> None:
