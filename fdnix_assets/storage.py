@@ -11,10 +11,20 @@ The S3 store in :mod:`fdnix_assets.storage_s3` implements the same interface.
 Retention keeps the newest ``retention`` snapshots (default 7) and never deletes the one the
 pointer names, even when the pointer was moved back to an older snapshot with
 :meth:`DatasetStore.point_to` (a rollback).
+
+Two runs at once: nothing in the store serializes them (the Dagster pool does, when runs go
+through the queue), so a publish only moves the pointer forward. Snapshot ids sort by run,
+in the order runs first published, then by publish (:func:`new_snapshot_id`); a publish
+whose snapshot sorts before the one the pointer names leaves the pointer alone and reports
+the newer snapshot as ``superseded_by``. So when two runs overlap, every dataset ends on the
+snapshots of the same run (the one that published first last), never the main dataset of
+one run beside the minified dataset of the other. The check and the move are one step: a
+lock file locally, a conditional write (If-Match / If-None-Match) of the pointer in S3.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -22,6 +32,8 @@ import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +81,8 @@ class PublishReport:
     upload_seconds: float = 0.0
     pointer: str = ""
     manifest_sha256: str = ""
+    # A newer run's snapshot the pointer already named: this one was stored, not pointed to.
+    superseded_by: str = ""
 
     @property
     def megabytes_per_second(self) -> float:
@@ -97,6 +111,8 @@ class PublishReport:
             metadata["pointer"] = self.pointer
         if self.manifest_sha256:
             metadata["manifest_sha256"] = self.manifest_sha256
+        if self.superseded_by:
+            metadata["superseded_by"] = self.superseded_by
         return metadata
 
 
@@ -104,11 +120,22 @@ SNAPSHOT_STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 _SNAPSHOT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+# When each run (by id) first published from this process: its snapshots sort together.
+_RUN_FIRST_STAMPS: dict[str, str] = {}
+
+
 def new_snapshot_id(run_id: str | None = None) -> str:
-    """Sortable and unique: ``20261125T031500123456Z-<run id prefix>``."""
+    """Sortable and unique: ``<stamp>-<run id prefix>-<stamp>`` for a run's snapshots.
+
+    The first stamp is when the run first published (in this process), the last one when this
+    snapshot was: a run's snapshots sort together, in publish order, after those of every run
+    that published before it. Without a run: ``<stamp>-<random>``.
+    """
     stamp = datetime.now(UTC).strftime(SNAPSHOT_STAMP_FORMAT)
-    suffix = (run_id or uuid.uuid4().hex)[:8]
-    return f"{stamp}-{suffix}"
+    if run_id is None:
+        return f"{stamp}-{uuid.uuid4().hex[:8]}"
+    first = _RUN_FIRST_STAMPS.setdefault(run_id, stamp)
+    return f"{first}-{run_id[:8]}-{stamp}"
 
 
 def check_snapshot_id(snapshot_id: str, where: str) -> str:
@@ -197,6 +224,24 @@ class DatasetStore(ABC):
     def prune(self) -> list[str]:
         """Deletes snapshots beyond the newest ``retention``, never the pointer's; returns ids."""
 
+    @abstractmethod
+    def snapshot(self, snapshot_id: str) -> Snapshot:
+        """A snapshot by id (whether it exists is not checked)."""
+
+    def newest_of_run(self, run_id: str) -> Snapshot | None:
+        """The newest complete snapshot run ``run_id`` published here, if it published one.
+
+        What a step should read of an upstream asset materialized earlier in its own run:
+        when another run publishes at the same time, the pointer may name that run's
+        snapshot (newer, or still without vectors) instead.
+        """
+        own = [
+            snapshot_id
+            for snapshot_id in self.list_snapshots()
+            if snapshot_id.split("-")[1:2] == [run_id[:8]]
+        ]
+        return self.snapshot(own[-1]) if own else None
+
     def require_latest(self) -> Snapshot:
         snapshot = self.latest()
         if snapshot is None:
@@ -241,6 +286,10 @@ class LocalDatasetStore(DatasetStore):
             raise StorageError(f"{self.output_path} is a file, not a dataset directory")
         return None
 
+    def snapshot(self, snapshot_id: str) -> Snapshot:
+        check_snapshot_id(snapshot_id, self.location)
+        return Snapshot(self.dataset, snapshot_id, str(self.snapshots_dir / snapshot_id))
+
     def list_snapshots(self) -> list[str]:
         if not self.snapshots_dir.is_dir():
             return []
@@ -280,8 +329,7 @@ class LocalDatasetStore(DatasetStore):
             raise
         copy_seconds = time.perf_counter() - copy_started
         os.replace(partial, target)
-        self._adopt_unversioned()
-        self._point_to(target)
+        superseded_by = self._advance_pointer(target)
         deleted = self.prune()
         return PublishReport(
             snapshot=Snapshot(self.dataset, snapshot_id, str(target)),
@@ -291,6 +339,7 @@ class LocalDatasetStore(DatasetStore):
             deleted_snapshots=deleted,
             upload_seconds=copy_seconds,
             pointer=str(self.output_path),
+            superseded_by=superseded_by or "",
         )
 
     def point_to(self, snapshot_id: str) -> Snapshot:
@@ -345,6 +394,17 @@ class LocalDatasetStore(DatasetStore):
                 adopted = self.snapshots_dir / f"{LEGACY_SNAPSHOT_ID}-{uuid.uuid4().hex[:8]}"
             os.replace(self.output_path, adopted)
 
+    def _advance_pointer(self, target: Path) -> str | None:
+        """Points to ``target`` unless the pointer names a newer snapshot; returns that one."""
+        with _exclusive_lock(self.snapshots_dir / ".pointer.lock"):
+            if self.output_path.is_symlink():
+                current = Path(os.readlink(self.output_path)).name
+                if current > target.name:
+                    return current
+            self._adopt_unversioned()
+            self._point_to(target)
+        return None
+
     def _point_to(self, target: Path) -> None:
         link = self.output_path.parent / f".{self.output_path.name}.link-{uuid.uuid4().hex[:8]}"
         os.symlink(os.path.relpath(target, self.output_path.parent), link)
@@ -375,6 +435,17 @@ def replace_directory(staging: Path, target: Path) -> None:
     elif target.is_dir():
         shutil.rmtree(target)
     os.replace(staging, target)
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Held by one process at a time (an flock: released by the kernel if the holder dies)."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _same_device(a: Path, b: Path) -> bool:

@@ -23,8 +23,13 @@ The pointer::
      "file_count": 42, "total_bytes": 550000000, "created_at": "2026-11-25T03:15:09+00:00"}
 
 S3 overwrites are atomic and strongly consistent, so readers see the old pointer or the new
-one. Two publishes racing end with the pointer on whichever wrote last; both snapshots are
-complete. A prefix holding LanceDB tables directly (``<prefix>/packages.lance/...``, as the
+one. A publish moves the pointer only forward (see :mod:`fdnix_assets.storage`): it reads the
+pointer and its ETag, leaves it when it names a newer snapshot, and otherwise overwrites it
+with a conditional PUT (If-Match the ETag read, or If-None-Match ``*`` when there is none),
+reading again when another publish got in between. Both snapshots of two racing publishes
+are complete either way.
+
+A prefix holding LanceDB tables directly (``<prefix>/packages.lance/...``, as the
 original indexer uploaded them) and no pointer is read as the ``unversioned`` snapshot.
 
 Transfers run 10 at a time (the client's connection pool): uploads through boto3's transfer
@@ -94,6 +99,19 @@ POINTER_FORMAT = "fdnix-snapshot-pointer/1"
 MANIFEST_FORMAT = "fdnix-snapshot-manifest/1"
 DELETE_BATCH_SIZE = 1000  # the most keys one DeleteObjects request takes
 STREAM_ATTEMPTS = 3
+POINTER_WRITE_ATTEMPTS = 10
+# A conditional write that lost: the object changed (412), appeared (412), disappeared (404)
+# or was being written by another request (409).
+_CONDITION_FAILED = {
+    "PreconditionFailed",
+    "412",
+    "ConditionalRequestConflict",
+    "409",
+    "NoSuchKey",
+    "404",
+}
+# An S3-compatible server without conditional writes.
+_CONDITION_UNSUPPORTED = {"NotImplemented", "501"}
 
 MIB = 1024 * 1024
 # Concurrency stays at the client's default connection pool size (10): more threads than
@@ -364,7 +382,7 @@ class S3DatasetStore(DatasetStore):
                 total_bytes=sum(files.values()),
                 created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             )
-            self._write_pointer(pointer)
+            superseded_by = self._advance_pointer(pointer)
         except BaseException:
             # Before the manifest exists nothing can point here: remove what was uploaded.
             # After it, the pointer write may have landed without an answer, so the complete
@@ -382,6 +400,7 @@ class S3DatasetStore(DatasetStore):
             upload_seconds=upload_seconds,
             pointer=self.location,
             manifest_sha256=pointer.manifest_sha256,
+            superseded_by=superseded_by or "",
         )
 
     def point_to(self, snapshot_id: str) -> Snapshot:
@@ -647,6 +666,58 @@ class S3DatasetStore(DatasetStore):
                 if _error_code(error) in ("NoSuchKey", "404"):
                     return None
                 raise
+
+    def _advance_pointer(self, pointer: SnapshotPointer) -> str | None:
+        """Writes ``pointer`` unless the current one names a newer snapshot; returns that one.
+
+        Compare-and-set: the write is conditional on the pointer object being the one read.
+        """
+        for _ in range(POINTER_WRITE_ATTEMPTS):
+            etag = self._pointer_etag()
+            current = self.read_pointer() if etag is not None else None
+            if current is not None and current.snapshot_id > pointer.snapshot_id:
+                return current.snapshot_id
+            condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+            with self._s3_errors(f"moving the snapshot pointer {self.location}"):
+                try:
+                    self.client.put_object(
+                        Bucket=self.bucket,
+                        Key=self.pointer_key,
+                        Body=pointer.to_json(),
+                        ContentType="application/json",
+                        CacheControl="no-cache",
+                        **condition,
+                    )
+                    return None
+                except ClientError as error:
+                    code = _error_code(error)
+                    if code in _CONDITION_UNSUPPORTED:
+                        # Still forward-only; only the read-to-write gap is unguarded.
+                        logger.warning(
+                            "%s does not support conditional writes; moving the pointer "
+                            "unconditionally",
+                            self.location,
+                        )
+                        self._write_pointer(pointer)
+                        return None
+                    # Another publish moved the pointer since it was read: read it again.
+                    if code not in _CONDITION_FAILED:
+                        raise
+        raise StorageError(
+            f"moving the snapshot pointer {self.location} to {pointer.snapshot_id} failed: "
+            f"other publishes moved it {POINTER_WRITE_ATTEMPTS} times in between"
+        )
+
+    def _pointer_etag(self) -> str | None:
+        """The pointer object's ETag, or None when there is no pointer yet."""
+        with self._s3_errors(f"reading the snapshot pointer {self.location}"):
+            try:
+                response = self.client.head_object(Bucket=self.bucket, Key=self.pointer_key)
+            except ClientError as error:
+                if _error_code(error) in ("NoSuchKey", "404"):
+                    return None
+                raise
+        return str(response["ETag"])
 
     def _write_pointer(self, pointer: SnapshotPointer) -> None:
         with self._s3_errors(f"moving the snapshot pointer {self.location}"):

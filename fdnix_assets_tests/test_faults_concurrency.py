@@ -3,15 +3,16 @@
 Without the daemon nothing serializes two runs: ``dagster job execute`` and the container
 entry point run in process, so the ``fdnix_datasets`` pool and the per-prefix tag limit of
 dagster.yaml (enforced by the queued run coordinator) do not apply. What keeps the data
-whole is the stores themselves: every publish goes to a fresh snapshot (the id holds a
-microsecond stamp and the run id), a snapshot becomes visible only once complete (an
-atomic symlink rename locally, the manifest and then the pointer object in S3), and the
-pointer is last-writer-wins between complete snapshots. Retention keeps the newest seven
-snapshots and never the pointer's, so what another run or a reader opened stays.
+whole is the stores themselves: every publish goes to a fresh snapshot (the id holds the
+run id and microsecond stamps), a snapshot becomes visible only once complete (an atomic
+symlink rename locally, the manifest and then the pointer object in S3), and the pointer
+only moves forward, to a snapshot of the same or a newer run (a lock file locally, a
+conditional PUT in S3). Retention keeps the newest seven snapshots and never the pointer's,
+so what another run or a reader opened stays.
 
-These tests start two whole runs at once (one through ``dagster job execute``, one through
-the entry point) and, store by store, several publishers racing a reader that follows the
-pointer the whole time.
+Without that forward-only rule the whole-run test below ends with the main dataset of one
+run and the minified dataset (what users search) of the other: the older run published its
+minified dataset last and overwrote the pointer (found and fixed with this test).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
 import lancedb
 import pyarrow as pa
 import pytest
+from dagster import AssetKey, DagsterInstance
 
 from fdnix_assets.datasets import DatasetProvenance, write_packages
 from fdnix_assets.normalize import normalize_listing
@@ -42,14 +43,25 @@ from fdnix_assets_tests.test_faults_kill_resume import (
     RUN_ID_RE,
     RUN_TIMEOUT_SECONDS,
     Listings,
+    PausePoint,
     assert_complete,
     job_env,
     kill_run,
     make_listings,
+    new_dagster_home,
+    pause_marker,
     read_table,
+    run_of,
     s3_keys,
+    start_run,
     tail,
+    wait_for,
     write_listing,
+)
+
+# Held before the minified dataset's snapshot goes to S3 (its staged path names "minified").
+MINIFIED_PUBLISH = PausePoint(
+    "fdnix_assets.storage_s3", "S3DatasetStore.publish", "before", "minified"
 )
 
 SEED_SNAPSHOTS = DEFAULT_RETENTION - 1
@@ -103,15 +115,17 @@ def run_ids(log: Path) -> set[str]:
     return set(RUN_ID_RE.findall(log.read_text(errors="replace")))
 
 
-def test_two_full_runs_at_once_publish_complete_snapshots_and_keep_what_is_in_use(
+def test_two_full_runs_at_once_end_on_one_runs_complete_datasets(
     tmp_path: Path, s3_bucket: str, listings: Listings
 ) -> None:
-    """``dagster job execute`` and the entry point, started together on the same bucket,
-    prefixes and output path, after six older snapshots so that retention has to delete."""
-    packages = listings.base
+    """The entry point (listing X) and ``dagster job execute`` (listing Y, the next day's) on
+    the same bucket, prefixes and output path, after six older snapshots so that retention
+    has to delete. The first run is held just before it publishes its minified dataset
+    while the second runs from start to end; then it publishes: the interleaving that used
+    to leave the main dataset of one run beside the minified dataset of the other."""
     main_store = S3DatasetStore(boto3.client("s3"), s3_bucket, DATA_KEY, MAIN)
     minified_store = S3DatasetStore(boto3.client("s3"), s3_bucket, MINIFIED_KEY, MINIFIED)
-    seed = write_main_dataset(tmp_path / "seed" / MAIN, packages)
+    seed = write_main_dataset(tmp_path / "seed" / MAIN, listings.base)
     seeds = [f"2026010{number}T000000000000Z-seed" for number in range(1, SEED_SNAPSHOTS + 1)]
     for snapshot_id in seeds:
         main_store.publish(seed, snapshot_id)
@@ -119,69 +133,68 @@ def test_two_full_runs_at_once_publish_complete_snapshots_and_keep_what_is_in_us
     held = main_store.require_latest()
     assert held.snapshot_id == seeds[-1]
     reader = lancedb.connect(held.uri, storage_options=held.storage_options).open_table("packages")
-    assert reader.count_rows() == len(packages)
+    assert reader.count_rows() == len(listings.base)
 
     out = tmp_path / "out"
-    env = job_env(
-        out,
-        write_listing(tmp_path / "listing.json", packages),
-        None,
-        ARTIFACTS_BUCKET=s3_bucket,
-    )
-    cli_log, entrypoint_log = tmp_path / "cli.log", tmp_path / "entrypoint.log"
-    commands = {
-        cli_log: [
+    s3 = {"ARTIFACTS_BUCKET": s3_bucket}
+    older_home = new_dagster_home(tmp_path / "dagster-home")
+    older_env = job_env(out, write_listing(tmp_path / "x.json", listings.base), older_home, **s3)
+    newer_env = job_env(out, write_listing(tmp_path / "y.json", listings.changed), None, **s3)
+    older_log, newer_log, release = tmp_path / "older.log", tmp_path / "newer.log", tmp_path / "go"
+    older = start_run(older_env, older_log, MINIFIED_PUBLISH, release=release)
+    # The second run starts once the first is held (so it is the newer run).
+    wait_for(older, older_log, pause_marker(older_log).exists, "the minified publish")
+    newer = start_run(
+        newer_env,
+        newer_log,
+        command=[
             *(sys.executable, "-m", "dagster", "job", "execute"),
             *("-m", "fdnix_assets", "-j", "full_job"),
         ],
-        entrypoint_log: [sys.executable, "-m", "fdnix_assets.entrypoint"],
-    }
-    processes = {}
-    for log, command in commands.items():
-        with log.open("wb") as handle:
-            processes[log] = subprocess.Popen(
-                command,
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-    for log, process in processes.items():
-        try:
-            process.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for other in processes.values():
-                kill_run(other)
-            raise AssertionError(f"the run did not finish:\n{tail(log)}") from None
-    for log, process in processes.items():
-        assert process.returncode == 0, f"{log.name} failed:\n{tail(log)}"
-    (cli_run,), (entrypoint_run,) = run_ids(cli_log), run_ids(entrypoint_log)
-    runs = {cli_run[:8], entrypoint_run[:8]}
+    )
+    try:
+        newer.wait(timeout=RUN_TIMEOUT_SECONDS)
+        release.write_text("the newer run has finished", encoding="utf-8")
+        older.wait(timeout=RUN_TIMEOUT_SECONDS)
+    finally:
+        for process in (older, newer):
+            if process.poll() is None:
+                kill_run(process)
+    assert newer.returncode == 0, f"dagster job execute failed:\n{tail(newer_log)}"
+    assert older.returncode == 0, f"the entry point failed:\n{tail(older_log)}"
+    (older_run,), (newer_run,) = run_ids(older_log), run_ids(newer_log)
 
-    # Both pointers name a complete snapshot of one of the two runs, readable in full.
+    # Both datasets are the newer run's, complete for its listing: not one dataset per run.
     main_snapshot, minified_snapshot = main_store.require_latest(), minified_store.require_latest()
-    assert main_snapshot.snapshot_id.rsplit("-", 1)[1] in runs
-    assert minified_snapshot.snapshot_id.rsplit("-", 1)[1] in runs
+    assert run_of(main_snapshot.snapshot_id) == newer_run[:8]
+    assert run_of(minified_snapshot.snapshot_id) == newer_run[:8]
     main = read_table(main_snapshot.uri, **main_snapshot.storage_options)
     minified = read_table(minified_snapshot.uri, **minified_snapshot.storage_options)
-    assert_complete(main, packages, f"main snapshot {main_snapshot.snapshot_id}")
-    assert_complete(minified, packages, f"minified snapshot {minified_snapshot.snapshot_id}")
+    assert_complete(main, listings.changed, f"main snapshot {main_snapshot.snapshot_id}")
+    assert_complete(minified, listings.changed, f"minified {minified_snapshot.snapshot_id}")
+    # The older run's minified dataset was stored, complete, and not pointed to; its
+    # materialization says which snapshot superseded it.
+    minified_ids = minified_store.list_snapshots()
+    assert sorted(run_of(snapshot_id) for snapshot_id in minified_ids) == sorted(
+        [older_run[:8], newer_run[:8]]
+    )
+    # What the older run made of its own listing is stored whole, for whoever asks for it.
+    own = main_store.newest_of_run(older_run)
+    assert own is not None and run_of(own.snapshot_id) == older_run[:8]
+    assert_complete(read_table(own.uri, **own.storage_options), listings.base, "older run's")
+    with DagsterInstance.from_config(str(older_home)) as instance:
+        (record,) = instance.fetch_materializations(AssetKey("minified_dataset"), limit=5).records
+        metadata = record.asset_materialization.metadata  # type: ignore[union-attr]
+        assert metadata["superseded_by"].value == minified_snapshot.snapshot_id
 
     # Every publish got its own snapshot: two of the main dataset per run (metadata, then
-    # embeddings) and one minified. Retention deleted the three oldest seeds, nothing else.
+    # embeddings). Retention deleted the three oldest seeds, nothing else.
     main_ids = main_store.list_snapshots()
     new_main = [snapshot_id for snapshot_id in main_ids if snapshot_id not in seeds]
-    assert sorted(snapshot_id.rsplit("-", 1)[1] for snapshot_id in new_main) == sorted(
-        [cli_run[:8]] * 2 + [entrypoint_run[:8]] * 2
+    assert sorted(run_of(snapshot_id) for snapshot_id in new_main) == sorted(
+        [older_run[:8]] * 2 + [newer_run[:8]] * 2
     )
     assert main_ids == sorted(seeds[-(DEFAULT_RETENTION - 4) :] + new_main)
-    # The two runs really overlapped: each published its metadata before the other's embeddings.
-    by_run = {run: sorted(i for i in new_main if i.endswith(run)) for run in runs}
-    (first_meta, first_embedded), (second_meta, second_embedded) = by_run.values()
-    assert first_meta < second_embedded and second_meta < first_embedded, by_run
-    assert sorted(s.rsplit("-", 1)[1] for s in minified_store.list_snapshots()) == sorted(runs)
     # Nothing half-written is left under the prefixes: every snapshot has its manifest.
     for store in (main_store, minified_store):
         prefixes = {
@@ -249,13 +262,13 @@ def test_publishers_racing_a_reader_never_show_a_partial_or_mixed_snapshot(
         start_publisher(dataset, tmp_path / f"publisher-{number}", where)
         for number, dataset in enumerate(datasets)
     ]
-    seen: set[str] = set()
+    seen: list[str] = []
     while any(publisher.poll() is None for publisher in publishers) or not seen:
         snapshot_id, table = read_latest(store, tmp_path)
         paths = table["attr_path"].to_pylist()
         assert len(paths) == len(set(paths)), "a read saw duplicate attribute paths"
         assert set(paths) in expected, "a read saw rows of neither dataset: a mixed snapshot"
-        seen.add(snapshot_id)
+        seen.append(snapshot_id)
     published = []
     for publisher in publishers:
         stdout, stderr = publisher.communicate(timeout=RUN_TIMEOUT_SECONDS)
@@ -264,7 +277,9 @@ def test_publishers_racing_a_reader_never_show_a_partial_or_mixed_snapshot(
 
     assert len(published) == len(set(published)) == 2 * PUBLISHES_PER_PUBLISHER
     # The reads overlapped the publishes: they saw the pointer move.
-    assert len(seen - {seed_id}) >= 1 and seen <= {seed_id, *published}
+    assert set(seen) - {seed_id} and set(seen) <= {seed_id, *published}
+    # The pointer only ever moved forward, and ends on the newest snapshot.
+    assert seen == sorted(seen)
     # Seven snapshots in all: retention deleted nothing, every one complete and readable.
     assert store.list_snapshots() == sorted([seed_id, *published])
     for snapshot_id in store.list_snapshots():
@@ -275,8 +290,8 @@ def test_publishers_racing_a_reader_never_show_a_partial_or_mixed_snapshot(
             else store.snapshots_dir / snapshot_id
         )
         assert set(read_table(copy)["attr_path"].to_pylist()) in expected
-    # The pointer names one of the publishes (the last to move it), complete.
-    assert store.require_latest().snapshot_id in published
+    # The pointer names the newest publish, whichever finished last.
+    assert store.require_latest().snapshot_id == max(published)
     if backend == "s3":
         prefixes = {
             key[len(store.snapshots_prefix) :].split("/")[0]

@@ -82,7 +82,8 @@ PAUSE_RUNNER = '''\
 """Runs the fdnix entry point with one function paused (see test_faults_kill_resume.py).
 
 argv: module, attribute (dotted under the module), "before" or "after" the call, a text one
-argument must contain ("" for any call), the marker file to write once paused.
+argument must contain ("" for any call), the marker file to write once paused, and a file
+whose appearance ends the pause ("" to stay paused until killed).
 """
 import functools
 import importlib
@@ -92,8 +93,8 @@ import sys
 import time
 from pathlib import Path
 
-module_name, attribute, moment, argument_text, marker = sys.argv[1:6]
-del sys.argv[1:6]
+module_name, attribute, moment, argument_text, marker, release = sys.argv[1:7]
+del sys.argv[1:7]
 owner = importlib.import_module(module_name)
 *parents, name = attribute.split(".")
 for parent in parents:
@@ -103,8 +104,8 @@ original = getattr(owner, name)
 
 def pause():
     Path(marker).write_text(str(os.getpid()))
-    while True:
-        time.sleep(60)
+    while not (release and Path(release).exists()):
+        time.sleep(0.05)
 
 
 @functools.wraps(original)
@@ -209,8 +210,10 @@ def start_run(
     log: Path,
     pause: PausePoint | None = None,
     command: list[str] | None = None,
+    release: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Starts a run in its own process group, output to ``log``; paused at ``pause`` if given."""
+    """Starts a run in its own process group, output to ``log``; paused at ``pause`` if given
+    (until ``release`` exists, or for good)."""
     if command is None:
         command = [sys.executable, "-m", "fdnix_assets.entrypoint"]
     if pause is not None:
@@ -224,6 +227,7 @@ def start_run(
             pause.moment,
             pause.argument_text,
             str(pause_marker(log)),
+            str(release or ""),
         ]
     with log.open("wb") as handle:
         return subprocess.Popen(
@@ -296,6 +300,11 @@ def run_id_in(log: Path) -> str:
     found = RUN_ID_RE.search(log.read_text(errors="replace"))
     assert found, f"no full_job run id in the output:\n{tail(log)}"
     return found.group(1)
+
+
+def run_of(snapshot_id: str) -> str:
+    """The run id prefix in a snapshot id (``<stamp>-<run id prefix>-<stamp>``)."""
+    return snapshot_id.split("-")[1]
 
 
 def tail(log: Path, characters: int = 4000) -> str:
@@ -418,7 +427,7 @@ def test_killed_in_each_phase_every_rerun_resumes_and_nothing_is_embedded_twice(
         env, tmp_path / "killed-embedding.log", "packages need a vector"
     )
     assert (out / ".fdnix-work" / killed_in_embedding / "embeddings" / MAIN).is_dir()
-    assert snapshot_id_of(out / MAIN).endswith(killed_in_embedding[:8])
+    assert run_of(snapshot_id_of(out / MAIN)) == killed_in_embedding[:8]
     main = read_table(out / MAIN)
     assert set(main["attr_path"].to_pylist()) == set(listings.changed)
     assert main["vector"].null_count == listings.new_texts
@@ -430,8 +439,11 @@ def test_killed_in_each_phase_every_rerun_resumes_and_nothing_is_embedded_twice(
     killed_in_publish = run_killed_at(env, tmp_path / "killed-publish.log", MINIFIED_MID_PUBLISH)
     assert embedding_metadata(home, killed_in_publish)["texts_embedded"] == listings.new_texts
     partial = sorted((out / ".fdnix-snapshots" / MINIFIED).glob(f"{PARTIAL_PREFIX}*"))
-    assert len(partial) == 1 and partial[0].name.endswith(killed_in_publish[:8]), partial
-    assert snapshot_id_of(out / MAIN).endswith(killed_in_publish[:8])
+    assert (
+        len(partial) == 1
+        and run_of(partial[0].name[len(PARTIAL_PREFIX) :]) == killed_in_publish[:8]
+    ), partial
+    assert run_of(snapshot_id_of(out / MAIN)) == killed_in_publish[:8]
     assert_complete(read_table(out / MAIN), listings.changed, "main after the publish kill")
     assert_users_see_the_good_run()
 
@@ -442,8 +454,8 @@ def test_killed_in_each_phase_every_rerun_resumes_and_nothing_is_embedded_twice(
     main, minified = read_table(out / MAIN), read_table(out / MINIFIED)
     assert_complete(main, listings.changed, "main dataset at the end")
     assert_complete(minified, listings.changed, "minified dataset at the end")
-    assert snapshot_id_of(out / MAIN).endswith(last[:8])
-    assert snapshot_id_of(out / MINIFIED).endswith(last[:8])
+    assert run_of(snapshot_id_of(out / MAIN)) == last[:8]
+    assert run_of(snapshot_id_of(out / MINIFIED)) == last[:8]
     # Unchanged packages kept the very vectors the good run computed.
     before, after = vectors_by_path(good_main), vectors_by_path(main)
     for path in listings.unchanged:
@@ -514,7 +526,7 @@ def test_s3_kills_mid_upload_and_mid_layer_publish_then_resume(
     main_id, main_before = read_s3_latest(main_store)
     minified_id, minified_before = read_s3_latest(minified_store)
     assert_complete(main_before, listings.base, "main dataset in S3")
-    assert main_id.endswith(first[:8])
+    assert run_of(main_id) == first[:8]
     versions = lambda_client.list_layer_versions(LayerName=layer_name)["LayerVersions"]
     assert [version["Version"] for version in versions] == [1]
     assert minified_id in versions[0]["Description"]
@@ -522,7 +534,7 @@ def test_s3_kills_mid_upload_and_mid_layer_publish_then_resume(
     # 1. Killed with every file of the new main snapshot uploaded, before its manifest.
     killed = run_killed_at(env, tmp_path / "killed-upload.log", S3_MAIN_UPLOADED)
     prefixes = {key.split("/")[3] for key in s3_keys(s3_bucket, f"{DATA_KEY}/snapshots/")}
-    incomplete = [snapshot_id for snapshot_id in prefixes if snapshot_id.endswith(killed[:8])]
+    incomplete = [snapshot_id for snapshot_id in prefixes if run_of(snapshot_id) == killed[:8]]
     assert len(incomplete) == 1, prefixes
     assert not main_store.list_snapshots().count(incomplete[0])
     assert read_s3_latest(main_store) == (main_id, main_before)
@@ -533,10 +545,10 @@ def test_s3_kills_mid_upload_and_mid_layer_publish_then_resume(
     second = run_killed_at(env, tmp_path / "killed-layer.log", LAYER_ZIP_UPLOADED)
     assert embedding_metadata(home, second)["texts_embedded"] == listings.new_texts
     second_main_id, main_after = read_s3_latest(main_store)
-    assert second_main_id.endswith(second[:8])
+    assert run_of(second_main_id) == second[:8]
     assert_complete(main_after, listings.changed, "main dataset in S3 after the rerun")
     killed_minified_id, killed_minified = read_s3_latest(minified_store)
-    assert killed_minified_id.endswith(second[:8])
+    assert run_of(killed_minified_id) == second[:8]
     assert_complete(killed_minified, listings.changed, "minified in S3 after the layer kill")
     # The incomplete prefix has no manifest, so no pointer can name it.
     assert incomplete[0] not in main_store.list_snapshots()
