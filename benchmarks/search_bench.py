@@ -13,6 +13,17 @@ vector parts alone. Latency is warm (dataset open, model loaded) over distinct q
 the query-embedding cache cleared before each, so every query pays for its embedding.
 ``open_cold_ms`` is a fresh process opening the dataset and answering one query, library
 imports included; ``open_cold_after_imports_ms`` leaves the imports out.
+
+Wall-clock figures depend on what else the machine runs: each is reported with the CPU time
+it took (``*_cpu_ms``, all threads of the process) and the load average seen, so a slow run
+on a busy machine can be told from slow code.
+
+Without a pipeline run, ``--build-main`` makes a main dataset from a listing and vectors
+computed before (an ``.npz`` with ``attr_path``, ``content_hash`` and ``vectors``, checked
+row by row against the listing), so search can be measured on the full fixture without
+embedding it again::
+
+    python benchmarks/search_bench.py --build-main LISTING VECTORS.npz --workdir DIR
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ COLD_RUNS = 3
 
 COLD_SCRIPT = """
 import json, sys, time
-started = time.perf_counter()
+started, started_cpu = time.perf_counter(), time.process_time()
 from fdnix_assets.search import PackageSearch
 imported = time.perf_counter()
 search = PackageSearch.open(sys.argv[1])
@@ -53,6 +64,7 @@ opened = time.perf_counter()
 response = search.search(sys.argv[2], limit=10)
 answered = time.perf_counter()
 print(json.dumps({
+    "cpu_ms": (time.process_time() - started_cpu) * 1000,
     "import_ms": (imported - started) * 1000,
     "open_ms": (opened - imported) * 1000,
     "first_query_ms": (answered - opened) * 1000,
@@ -97,14 +109,16 @@ def latency(search: Any, queries: list[str], rounds: int = LATENCY_ROUNDS) -> di
     """Warm per-query milliseconds over distinct queries, query embedding included."""
     search.search(queries[0], limit=10)
     totals: list[float] = []
+    cpu: list[float] = []
     stages: dict[str, list[float]] = {}
     for _ in range(rounds):
         for query in queries:
             if search.embedder is not None and hasattr(search.embedder, "clear_cache"):
                 search.embedder.clear_cache()
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             response = search.search(query, limit=10)
             totals.append((time.perf_counter() - started) * 1000)
+            cpu.append((time.process_time() - started_cpu) * 1000)
             for stage, value in response.timings_ms.items():
                 stages.setdefault(stage, []).append(value)
     return {
@@ -112,6 +126,7 @@ def latency(search: Any, queries: list[str], rounds: int = LATENCY_ROUNDS) -> di
         "search_p95_ms": round(_percentile(totals, 0.95), 2),
         "search_max_ms": round(max(totals), 2),
         "search_samples": len(totals),
+        "search_cpu_p50_ms": round(_percentile(cpu, 0.5), 2),
         "search_stage_p50_ms": {k: round(_percentile(v, 0.5), 2) for k, v in stages.items()},
     }
 
@@ -149,6 +164,7 @@ def open_cold(dataset: Path, query: str = "ripgrep", runs: int = COLD_RUNS) -> d
         "open_cold_open_ms": median("open_ms"),
         "open_cold_first_query_ms": median("first_query_ms"),
         "open_cold_process_ms": median("process_ms"),
+        "open_cold_cpu_ms": median("cpu_ms"),
         "open_cold_mode": samples[0]["mode"],
     }
 
@@ -186,10 +202,70 @@ def measure_search(dataset: Path) -> dict[str, Any]:
             f"{name}_vector_mrr": vector["mrr"],
             f"{name}_not_first": hybrid["not_first"],
         }
+    results["load_average_before"] = round(os.getloadavg()[0], 2)
     results |= latency(search, [q["query"] for q in dev + extra])
     search.close()
     results |= open_cold(dataset)
+    results["load_average_after"] = round(os.getloadavg()[0], 2)
     return results
+
+
+def build_main_from_vectors(listing: Path, vectors_npz: Path, target: Path) -> dict[str, Any]:
+    """A main dataset at ``target``: ``listing`` normalized, vectors from ``vectors_npz``.
+
+    The file must hold the local model's vectors for exactly the listing's packages, in
+    order, with the content hashes normalization computes (else the vectors belong to other
+    texts and the dataset would lie about them).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from fdnix_assets.datasets import DatasetProvenance, write_packages
+    from fdnix_assets.nix.extract import decompress_file
+    from fdnix_assets.normalize import normalize_listing
+    from fdnix_assets.schema import vector_type
+    from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        plain = Path(scratch) / "listing.json"
+        decompress_file(listing, plain, name=str(listing))
+        table = normalize_listing(
+            plain.read_bytes(), model_id=LOCAL_MODEL_ID, dimensions=LOCAL_MODEL_DIMENSIONS
+        ).table
+    cached = np.load(vectors_npz)
+    for column in ("attr_path", "content_hash"):
+        if cached[column].tolist() != table[column].to_pylist():
+            raise ValueError(
+                f"{vectors_npz}: its {column} column does not match {listing} row by row; "
+                "the vectors were computed for another listing or another embedding text"
+            )
+    vectors = np.asarray(cached["vectors"], dtype=np.float32)
+    if vectors.shape != (table.num_rows, LOCAL_MODEL_DIMENSIONS):
+        raise ValueError(
+            f"{vectors_npz}: vectors have shape {vectors.shape}, expected "
+            f"({table.num_rows}, {LOCAL_MODEL_DIMENSIONS})"
+        )
+    array = pa.FixedSizeListArray.from_arrays(
+        pa.array(vectors.reshape(-1), pa.float32()), LOCAL_MODEL_DIMENSIONS
+    )
+    table = table.set_column(
+        table.schema.get_field_index("vector"),
+        pa.field("vector", vector_type(LOCAL_MODEL_DIMENSIONS)),
+        array,
+    )
+    write_packages(
+        target,
+        table,
+        DatasetProvenance(
+            source=str(listing),
+            source_kind="file",
+            embedding_model=LOCAL_MODEL_ID,
+            embedding_dimensions=LOCAL_MODEL_DIMENSIONS,
+            embedding_backend="local",
+        ),
+    )
+    return {"packages": table.num_rows, "build_main_s": round(time.perf_counter() - started, 2)}
 
 
 def build_minified_with_dagster(workdir: Path) -> dict[str, Any]:
@@ -335,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="build fdnix.lancedb here with Dagster")
     parser.add_argument("--main", type=Path, help="a main dataset, for --representations")
     parser.add_argument(
+        "--build-main",
+        nargs=2,
+        type=Path,
+        metavar=("LISTING", "VECTORS_NPZ"),
+        help="write WORKDIR/fdnix-data.lancedb from a listing and its cached vectors first",
+    )
+    parser.add_argument(
         "--representations",
         nargs="*",
         type=int,
@@ -343,6 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
+    if args.build_main:
+        if not args.workdir:
+            parser.error("--build-main needs --workdir")
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        results |= build_main_from_vectors(*args.build_main, args.workdir / "fdnix-data.lancedb")
     if args.workdir:
         results |= run_minified_benchmark(args.workdir)
         results |= run_search_benchmark(args.workdir)

@@ -490,7 +490,7 @@ class _NameIndex:
         and differ in length by at most ``allowed``; the ``count`` sharing most are checked.
         """
         assert self.grams is not None
-        signature = np.uint64(bigram_signature(key))
+        signature = np.uint32(bigram_signature(key))
         shared = np.bitwise_count(self.grams & signature)
         needed = int(np.bitwise_count(signature)) - 3 * allowed
         close = (shared >= needed) & (np.abs(self.key_lengths - len(key)) <= allowed)
@@ -543,16 +543,17 @@ class _NameIndex:
 
 
 def bigram_signature(key: str) -> int:
-    """64 bits, one per hashed pair of neighbouring characters of ``^key$``.
+    """32 bits, one per hashed pair of neighbouring characters of ``^key$``.
 
     Two names a few typos apart share most of their pairs: each edit changes at most three
     (a swap of neighbours ``ab`` -> ``ba`` replaces ``xa``, ``ab``, ``by``), so the typo
     lookup compares these bits across every name at once and checks only the few that pass.
+    (64 bits filtered a little better but cost 0.7 MB more of the layer's size budget.)
     """
     padded = f"^{key}$"
     bits = 0
     for first, second in itertools.pairwise(padded):
-        bits |= 1 << ((ord(first) * 31 + ord(second)) % 64)
+        bits |= 1 << ((ord(first) * 31 + ord(second)) % 32)
     return bits
 
 
@@ -582,7 +583,7 @@ def name_keys_table(
             "key": pa.array(keys, pa.string()),
             "row": pa.array(rows, pa.int32()),
             "kind": pa.array(kinds, pa.int8()),
-            "grams": pa.array([bigram_signature(k) for k in keys], pa.uint64()),
+            "grams": pa.array([bigram_signature(k) for k in keys], pa.uint32()),
         }
     )
     return table.take(pc.sort_indices(table, [("key", "ascending"), ("kind", "ascending")]))
