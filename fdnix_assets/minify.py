@@ -13,6 +13,9 @@ ones ranking and filters read, in compact forms:
 - ``names``: the words of the attribute path, name and main program, split on ``.``, ``-``,
   ``_`` and camel case, so ``python313Packages.requests`` is found by ``requests`` and
   ``python``;
+- ``mentions``: how many other packages' descriptions name the package, search's
+  popularity prior; the schema metadata also lists the package sets big enough to be a
+  language ecosystem a query can name (``python313Packages``: python);
 - the vector as float16 (half the bytes, no measurable loss in ranking; see
   benchmarks/search_bench.py), optionally projected to fewer dimensions by PCA whose matrix
   travels in the schema metadata so queries are projected the same way.
