@@ -482,22 +482,29 @@ class _NameIndex:
         self.grams: np.ndarray | None = (
             table["grams"].to_numpy() if "grams" in table.column_names else None
         )
+        self.gram_counts = np.bitwise_count(self.grams) if self.grams is not None else None
 
     def typos(self, key: str, allowed: int, count: int) -> list[tuple[int, int, int]]:
         """(row, kind, edits) of names at most ``allowed`` edits (OSA) from ``key``.
 
-        Candidates share enough neighbouring-character pairs (see :func:`bigram_signature`)
-        and differ in length by at most ``allowed``; the ``count`` sharing most are checked.
+        Candidates differ in length by at most ``allowed`` and in at most three
+        neighbouring-character pairs per edit each way (see :func:`bigram_signature`); the
+        ``count`` whose signatures differ least are checked.
         """
-        assert self.grams is not None
+        assert self.grams is not None and self.gram_counts is not None
         signature = np.uint32(bigram_signature(key))
         shared = np.bitwise_count(self.grams & signature)
-        needed = int(np.bitwise_count(signature)) - 3 * allowed
-        close = (shared >= needed) & (np.abs(self.key_lengths - len(key)) <= allowed)
+        query_only = int(np.bitwise_count(signature)) - shared
+        name_only = self.gram_counts - shared
+        close = (
+            (query_only <= 3 * allowed)
+            & (name_only <= 3 * allowed)
+            & (np.abs(self.key_lengths - len(key)) <= allowed)
+        )
         candidates = np.flatnonzero(close)
         if len(candidates) > count:
-            best = np.argpartition(-shared[candidates], count)[:count]
-            candidates = candidates[best]
+            difference = query_only[candidates] + name_only[candidates]
+            candidates = candidates[np.argpartition(difference, count)[:count]]
         found = []
         for position in candidates.tolist():
             distance = osa_distance(key, self.keys[position].as_py(), allowed)

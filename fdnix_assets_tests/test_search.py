@@ -251,6 +251,19 @@ def test_name_typos_are_found_in_memory_by_pair_signatures() -> None:
     assert index.typos("kubectl", 2, 200) == []
 
 
+def test_name_typos_are_found_among_many_look_alike_names() -> None:
+    # 20k names of the same letters and lengths share most signature bits with the query;
+    # the lookup must still check the real match among the few it verifies.
+    rng = np.random.default_rng(3)
+    letters = np.array(list("ripgeacd"))
+    decoys = sorted({"".join(rng.choice(letters, rng.integers(6, 9))) for _ in range(20_000)})
+    decoys = [d for d in decoys if osa_distance("ripgrpe", d, 2) > 2]
+    names = [*decoys, "ripgrep"]
+    index = _NameIndex(name_keys_table(names, names, [None] * len(names)))
+    found = {(row, distance) for row, _, distance in index.typos("ripgrpe", 2, 200)}
+    assert (len(names) - 1, 1) in found
+
+
 def test_without_pair_signatures_typos_come_from_the_fuzzy_index(
     minified_sample: Path, tmp_path: Path
 ) -> None:
