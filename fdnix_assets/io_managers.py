@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dagster import (
     ConfigurableIOManager,
+    DagsterInvariantViolationError,
     InputContext,
     MetadataValue,
     OutputContext,
@@ -84,6 +85,12 @@ class DatasetIOManager(ConfigurableIOManager):
             f"{report.total_bytes / 1e6:.1f} MB, uploaded in {report.upload_seconds:.1f} s "
             f"({report.upload_megabytes_per_second:.1f} MB/s); pointer {store.location}"
         )
+        if report.superseded_by:
+            context.log.warning(
+                f"another run published {store.dataset} snapshot {report.superseded_by} while "
+                f"this one ran; it stays the latest, and {report.snapshot.snapshot_id} is kept "
+                "but not pointed to"
+            )
         if report.deleted_snapshots:
             context.log.info(
                 f"retention ({store.retention} kept) deleted snapshots: "
@@ -98,6 +105,18 @@ class DatasetIOManager(ConfigurableIOManager):
         if upstream is None:
             raise ValueError("DatasetIOManager loads only the outputs of upstream assets")
         store = self._storage_for(context).store(dataset_kind(upstream.definition_metadata))
-        snapshot = store.require_latest()
+        # What this run published itself, when it did: another run publishing at the same
+        # time may have moved the pointer to its own snapshot, perhaps not yet embedded.
+        run_id = _run_id(context)
+        own = store.newest_of_run(run_id) if run_id else None
+        snapshot = own or store.require_latest()
         context.log.info(f"reading {store.dataset} snapshot {snapshot.uri}")
         return snapshot
+
+
+def _run_id(context: InputContext) -> str | None:
+    """The run loading the input; None outside a step (a test building contexts by hand)."""
+    try:
+        return context.step_context.run_id
+    except DagsterInvariantViolationError:
+        return None
