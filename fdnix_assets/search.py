@@ -708,6 +708,11 @@ class PackageSearch:
         impossible here (no model files, no credentials), searches use the text indexes
         only and every response says so.
         """
+        if "://" not in uri:
+            # A local dataset path is usually the store's symbolic link to the latest
+            # snapshot. Opening the snapshot itself keeps a long-lived reader (a Lambda
+            # container, `fdnix search -`) on the files it opened when the link moves on.
+            uri = os.path.realpath(uri)
         try:
             db = lancedb.connect(uri, storage_options=dict(storage_options or {}) or None)
             table = db.open_table(TABLE_NAME)

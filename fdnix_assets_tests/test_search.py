@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lancedb
 import numpy as np
 import pytest
 
@@ -371,3 +372,24 @@ def test_bedrock_unreachable_falls_back_to_text(
     assert response.mode == "text"
     assert "InvokeModel" in (response.note or "")
     assert response.results[0].attr_path == "quux"
+
+
+def test_a_reader_opened_through_the_latest_link_survives_the_next_publish(
+    minified_sample: Path, tmp_path: Path
+) -> None:
+    # The local store's layout: a symbolic link to the latest snapshot directory.
+    first = tmp_path / "snapshots" / "first"
+    shutil.copytree(minified_sample, first)
+    latest = tmp_path / "fdnix.lancedb"
+    latest.symlink_to(first)
+    reader = PackageSearch.open(str(latest))
+    before = top(reader, "ripgrep")
+    # The next publish: a different dataset (other data files) and the link moved to it.
+    second = tmp_path / "snapshots" / "second"
+    lancedb.connect(str(second)).create_table("packages", data=[{"attr_path": "other"}])
+    replacement = tmp_path / "fdnix.lancedb.next"
+    replacement.symlink_to(second)
+    replacement.replace(latest)
+
+    assert top(reader, "ripgrep") == before
+    assert before[0] == "ripgrep"
