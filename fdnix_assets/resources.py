@@ -23,6 +23,7 @@ from fdnix_assets.storage import (
     LocalDatasetStore,
     Snapshot,
     StorageError,
+    remove_abandoned_run_dirs,
 )
 from fdnix_assets.storage_s3 import S3DatasetStore, UploadProgress
 
@@ -107,6 +108,17 @@ class DatasetStorage(ChannelScopedResource):
     def work_dir(self) -> Path:
         """Scratch space beside the local outputs, so finished datasets move in by rename."""
         return self.dataset_path("main").absolute().parent / ".fdnix-work"
+
+    def remove_abandoned_runs(self, current_run_id: str, log: Any = None) -> list[str]:
+        """Deletes what killed runs left in the work directory (run directories untouched for
+        ABANDONED_AFTER, never ``current_run_id``'s); returns their run ids."""
+        removed = remove_abandoned_run_dirs(self.work_dir, current_run_id)
+        if removed and log:
+            log(
+                f"removed {len(removed)} directory(ies) of runs that died before cleaning up "
+                f"from {self.work_dir}: {', '.join(removed)}"
+            )
+        return removed
 
     def dataset_path(self, kind: DatasetKind) -> Path:
         """The local path of a dataset (the run's channel's, with channels)."""

@@ -411,6 +411,51 @@ class LocalDatasetStore(DatasetStore):
         os.replace(link, self.output_path)
 
 
+# Dagster run ids: the names of the runs' own directories in a work directory.
+_RUN_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def newest_mtime(root: Path) -> float:
+    """When anything under ``root`` (itself included) last changed."""
+    newest = root.stat().st_mtime
+    for directory, names, files in os.walk(root):
+        for name in names + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(directory, name)).st_mtime)
+            except FileNotFoundError:
+                continue
+    return newest
+
+
+def remove_abandoned_run_dirs(
+    work_dir: Path, current_run_id: str, older_than: timedelta = ABANDONED_AFTER
+) -> list[str]:
+    """Deletes the directories killed runs left in ``work_dir``; returns their names.
+
+    A run's scratch copy (up to a whole main dataset) stays behind when the process is
+    killed before its cleanup. Only directories named by a run id go, never the current
+    run's, and only when nothing in them changed for ``older_than`` (a run still writing
+    touches its files). Anything else there (the embedding checkpoint, checkouts) is kept.
+    """
+    if not work_dir.is_dir():
+        return []
+    abandoned_before = time.time() - older_than.total_seconds()
+    removed = []
+    for path in sorted(work_dir.iterdir()):
+        if path.name == current_run_id or not _RUN_ID_RE.match(path.name):
+            continue
+        if path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            if newest_mtime(path) >= abandoned_before:
+                continue
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
 def describe_listing_difference(expected: dict[str, int], found: dict[str, int]) -> str:
     """Which files are missing, unexpected or of the wrong size (the first few of each)."""
     missing = sorted(set(expected) - set(found))

@@ -9,17 +9,17 @@ dataset users search is still the previous good one) and that nothing half-writt
 readers look; then a rerun must succeed with complete datasets (one row per package, unique
 attribute paths, every row with a vector) and must not embed any unchanged package again.
 
-Where the kill lands: a kill sent from outside at a moment read from the log is exact only
-when the step it lands in lasts long. The embedding kill is done that way (the model loads
-for seconds after the "need a vector" line). The other points last milliseconds on 20
-packages, so the process is first paused at a named function of the real code and killed
-there: ``PAUSE_RUNNER`` below wraps that one function, then runs the entry point unchanged
-(``runpy``). Nothing in the production code knows about it.
+Where the kill lands: the points last milliseconds on 20 packages, so the process is first
+paused at a named function of the real code and killed there: ``PAUSE_RUNNER`` below wraps
+that one function (and can set a module constant, such as the local embedder's chunk size),
+then runs the entry point unchanged (``runpy``). Nothing in the production code knows about
+it.
 
-What the embedding phase keeps of a killed run: nothing. It embeds into a private copy of
-the main dataset and publishes it at the end, so the texts a killed run embedded are embedded
-again by the rerun; "no package embedded twice" holds across completed runs, and unchanged
-packages are never embedded again (their vectors are carried over by content hash).
+What the embedding phase keeps of a killed run: every chunk it embedded. Each chunk's vectors
+go to the embedding checkpoint in the work directory as soon as they exist; the rerun takes
+them from there and embeds only the rest, and the checkpoint is deleted once the dataset is
+published. The embedding kill lands right after the first chunk (of two texts) is
+checkpointed, so across the killed run and its rerun every new text is embedded exactly once.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,9 @@ import pyarrow as pa
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from fdnix_assets.storage import PARTIAL_PREFIX, LocalDatasetStore
+from fdnix_assets.embedding.checkpoint import EmbeddingCheckpoint
+from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID
+from fdnix_assets.storage import ABANDONED_AFTER, PARTIAL_PREFIX, LocalDatasetStore
 from fdnix_assets.storage_s3 import MANIFEST_NAME, S3DatasetStore
 from fdnix_assets_tests.conftest import REPO_ROOT, SAMPLE_LISTING
 
@@ -82,8 +85,9 @@ PAUSE_RUNNER = '''\
 """Runs the fdnix entry point with one function paused (see test_faults_kill_resume.py).
 
 argv: module, attribute (dotted under the module), "before" or "after" the call, a text one
-argument must contain ("" for any call), the marker file to write once paused, and a file
-whose appearance ends the pause ("" to stay paused until killed).
+argument must contain ("" for any call), the marker file to write once paused, a file whose
+appearance ends the pause ("" to stay paused until killed), and module constants to set first
+("module:NAME=integer,...", or "").
 """
 import functools
 import importlib
@@ -93,8 +97,12 @@ import sys
 import time
 from pathlib import Path
 
-module_name, attribute, moment, argument_text, marker, release = sys.argv[1:7]
-del sys.argv[1:7]
+module_name, attribute, moment, argument_text, marker, release, constants = sys.argv[1:8]
+del sys.argv[1:8]
+for assignment in filter(None, constants.split(",")):
+    target, value = assignment.split("=")
+    constant_module, constant = target.split(":")
+    setattr(importlib.import_module(constant_module), constant, int(value))
 owner = importlib.import_module(module_name)
 *parents, name = attribute.split(".")
 for parent in parents:
@@ -134,10 +142,20 @@ class PausePoint:
     attribute: str
     moment: str = "after"
     argument_text: str = ""
+    constants: str = ""
+    """Module constants the paused run uses ("module:NAME=integer,...")."""
 
 
 # The metadata phase has written its dataset to scratch space and not yet published it.
 METADATA_WRITTEN = PausePoint("fdnix_assets.datasets", "write_packages")
+# The embedding phase has embedded its first chunk (two texts: the local embedder's chunk
+# size is set to 2) and written it to the checkpoint; the other chunks are not embedded.
+EMBEDDING_CHUNK_SIZE = 2
+FIRST_CHUNK_CHECKPOINTED = PausePoint(
+    "fdnix_assets.embedding.checkpoint",
+    "EmbeddingCheckpoint.append",
+    constants=f"fdnix_assets.embedding.local:CHUNK_SIZE={EMBEDDING_CHUNK_SIZE}",
+)
 # The minified dataset was moved next to the snapshots as ".partial-<id>", not yet renamed
 # into place nor pointed to: the middle of a local publish.
 MINIFIED_MID_PUBLISH = PausePoint(
@@ -228,6 +246,7 @@ def start_run(
             pause.argument_text,
             str(pause_marker(log)),
             str(release or ""),
+            pause.constants,
         ]
     with log.open("wb") as handle:
         return subprocess.Popen(
@@ -271,15 +290,6 @@ def run_killed_at(env: dict[str, str], log: Path, pause: PausePoint) -> str:
     process = start_run(env, log, pause)
     marker = pause_marker(log)
     wait_for(process, log, marker.exists, f"the run reached {pause.attribute}")
-    kill_run(process)
-    assert process.returncode == -signal.SIGKILL
-    return run_id_in(log)
-
-
-def run_killed_on_line(env: dict[str, str], log: Path, text: str) -> str:
-    """Runs until ``text`` is logged, kills the run at once; returns the killed run's id."""
-    process = start_run(env, log)
-    wait_for(process, log, lambda: text in log.read_text(errors="replace"), repr(text))
     kill_run(process)
     assert process.returncode == -signal.SIGKILL
     return run_id_in(log)
@@ -345,6 +355,13 @@ def assert_complete(table: pa.Table, packages: dict[str, Any], where: str) -> No
     assert len(set(paths)) == len(paths), f"{where}: duplicate attribute paths"
     assert set(paths) == set(packages), f"{where}: rows differ from the listing"
     assert table["vector"].null_count == 0, f"{where}: {table['vector'].null_count} null vectors"
+
+
+def age_tree(root: Path, by: timedelta) -> None:
+    """Makes ``root`` and everything under it look untouched for ``by``."""
+    then = time.time() - by.total_seconds()
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, (then, then), follow_symlinks=False)
 
 
 def snapshot_id_of(pointer: Path) -> str:
@@ -420,24 +437,44 @@ def test_killed_in_each_phase_every_rerun_resumes_and_nothing_is_embedded_twice(
     assert read_table(out / MAIN).equals(good_main)
     assert_users_see_the_good_run()
 
-    # 2. Embedding, killed while the model loads and embeds into the run's private copy.
-    # This run's metadata phase resumed and published the new listing: vectors carried over
-    # for the unchanged packages, null for the five new texts.
-    killed_in_embedding = run_killed_on_line(
-        env, tmp_path / "killed-embedding.log", "packages need a vector"
+    # 2. Embedding, killed right after its first chunk of two texts was embedded and
+    # checkpointed, the other three not embedded yet. This run's metadata phase resumed and
+    # published the new listing: vectors carried over for the unchanged packages, null for
+    # the five new texts.
+    killed_in_embedding = run_killed_at(
+        env, tmp_path / "killed-embedding.log", FIRST_CHUNK_CHECKPOINTED
     )
     assert (out / ".fdnix-work" / killed_in_embedding / "embeddings" / MAIN).is_dir()
     assert run_of(snapshot_id_of(out / MAIN)) == killed_in_embedding[:8]
     main = read_table(out / MAIN)
     assert set(main["attr_path"].to_pylist()) == set(listings.changed)
     assert main["vector"].null_count == listings.new_texts
+    needing_vectors = {
+        digest
+        for digest, vector in zip(
+            main["content_hash"].to_pylist(), main["vector"].to_pylist(), strict=True
+        )
+        if vector is None
+    }
+    assert len(needing_vectors) == listings.new_texts
+    checkpoint = EmbeddingCheckpoint(out / ".fdnix-work", LOCAL_MODEL_ID, LOCAL_MODEL_DIMENSIONS)
+    embedded_by_killed_run = checkpoint.vector_count()
+    assert embedded_by_killed_run == EMBEDDING_CHUNK_SIZE
+    assert len(checkpoint.vectors_for(needing_vectors)) == EMBEDDING_CHUNK_SIZE
     assert good_main_id in visible_snapshots(out, MAIN)
     assert_users_see_the_good_run()
 
     # 3. Minified, mid-publish: moved beside the snapshots as ".partial-<id>", not renamed
-    # into place nor pointed to. This run embedded the five new texts and published them.
+    # into place nor pointed to. This run took the killed run's two vectors from the
+    # checkpoint, embedded only the other three texts, published, and dropped the checkpoint.
     killed_in_publish = run_killed_at(env, tmp_path / "killed-publish.log", MINIFIED_MID_PUBLISH)
-    assert embedding_metadata(home, killed_in_publish)["texts_embedded"] == listings.new_texts
+    resumed = embedding_metadata(home, killed_in_publish)
+    assert resumed["vectors_from_checkpoint"] == embedded_by_killed_run
+    assert resumed["texts_embedded"] == listings.new_texts - embedded_by_killed_run
+    # Nothing embedded twice: the killed run and its rerun embedded each new text once.
+    assert embedded_by_killed_run + resumed["texts_embedded"] == len(needing_vectors)
+    assert "vectors came from the checkpoint" in tail(tmp_path / "killed-publish.log", 10**6)
+    assert not checkpoint.directory.exists()
     partial = sorted((out / ".fdnix-snapshots" / MINIFIED).glob(f"{PARTIAL_PREFIX}*"))
     assert (
         len(partial) == 1
@@ -447,8 +484,13 @@ def test_killed_in_each_phase_every_rerun_resumes_and_nothing_is_embedded_twice(
     assert_complete(read_table(out / MAIN), listings.changed, "main after the publish kill")
     assert_users_see_the_good_run()
 
-    # 4. To the end: nothing left to embed, both datasets complete for the new listing.
+    # 4. To the end: nothing left to embed, both datasets complete for the new listing. The
+    # metadata-phase kill's scratch copy is made older than ABANDONED_AFTER first: the first
+    # dataset step of this run removes it (the embedding kill's copy is younger and stays).
+    age_tree(out / ".fdnix-work" / killed_in_metadata, ABANDONED_AFTER + timedelta(hours=1))
     last = run_to_success(env, tmp_path / "last.log")
+    assert not (out / ".fdnix-work" / killed_in_metadata).exists()
+    assert killed_in_metadata in tail(tmp_path / "last.log", 10**6)
     metadata = embedding_metadata(home, last)
     assert (metadata["texts_embedded"], metadata["texts_reused"]) == (0, len(listings.changed))
     main, minified = read_table(out / MAIN), read_table(out / MINIFIED)
@@ -465,13 +507,12 @@ def test_killed_in_each_phase_every_rerun_resumes_and_nothing_is_embedded_twice(
         set(good_main["content_hash"].to_pylist()) | set(main["content_hash"].to_pylist())
     )
 
-    # What the kills left behind: the scratch copies of the runs killed before publishing,
-    # and the partial minified directory (removed by a publish once it is older than
-    # ABANDONED_AFTER). None of it is where a reader looks, and none disturbed a rerun.
+    # What the kills left behind: the young scratch copy of the run killed in embedding, and
+    # the partial minified directory (both removed once older than ABANDONED_AFTER); no
+    # embedding checkpoint. None of it is where a reader looks, and none disturbed a rerun.
     assert leftovers(out) == sorted(
         [
             f".fdnix-snapshots/{MINIFIED}/{partial[0].name}",
-            f".fdnix-work/{killed_in_metadata}",
             f".fdnix-work/{killed_in_embedding}",
         ]
     )

@@ -35,6 +35,7 @@ from pydantic import Field
 from fdnix_assets import schema as s
 from fdnix_assets.datasets import DatasetProvenance, open_packages
 from fdnix_assets.embedding.bedrock import BedrockReport
+from fdnix_assets.embedding.checkpoint import EmbeddingCheckpoint
 from fdnix_assets.embedding.phase import (
     EmbeddingModel,
     compact,
@@ -98,7 +99,9 @@ def _model(backend: EmbeddingBackend) -> EmbeddingModel:
         "since the last run are embedded (the rest keep their vector by content hash); a new "
         "model or dimension re-embeds everything. A package that could not be embedded has a "
         "null vector, never zeros. Backend: EMBEDDING_BACKEND (local all-MiniLM-L6-v2, or "
-        "Amazon Titan through Bedrock batch inference, waited for inline)."
+        "Amazon Titan through Bedrock batch inference, waited for inline). The local backend "
+        "checkpoints each chunk it embeds, so a rerun after a killed run embeds only what "
+        "the killed run had not (vectors_from_checkpoint)."
     ),
 )
 def package_embeddings(
@@ -110,17 +113,27 @@ def package_embeddings(
     vector_index: VectorIndexSettings,
 ) -> Iterator[Output[StagedDataset]]:
     started = time.perf_counter()
+    dataset_storage.remove_abandoned_runs(context.run_id, log=context.log.info)
     work_dir = dataset_storage.work_dir / context.run_id / "embeddings"
     staged = work_dir / "fdnix-data.lancedb"
+    model = _model(embedding_backend)
+    checkpoint = EmbeddingCheckpoint(
+        dataset_storage.work_dir, model.model_id, model.dimensions, warn=context.log.warning
+    )
     try:
         dataset_storage.store("main").checkout(nixpkgs_packages, staged)
-        model = _model(embedding_backend)
-        work = find_work(staged, model, config.embed_sample)
+        work = find_work(staged, model, config.embed_sample, checkpoint)
         if work.reembed_reason:
             context.log.warning(f"re-embedding all {work.rows:,} packages: {work.reembed_reason}")
+        if work.from_checkpoint:
+            context.log.info(
+                f"{work.from_checkpoint:,} vectors came from the checkpoint of a run that "
+                f"did not finish ({checkpoint.directory}): not embedded again"
+            )
         context.log.info(
             f"{len(work.requests):,} of {work.rows:,} packages need a vector "
-            f"({work.reused:,} kept); backend {model.backend}, model {model.model_id}"
+            f"({work.reused:,} kept, {work.from_checkpoint:,} from the checkpoint); "
+            f"backend {model.backend}, model {model.model_id}"
             + (f"; sample of {config.embed_sample:,} packages" if config.embed_sample else "")
         )
 
@@ -138,6 +151,9 @@ def package_embeddings(
                     f"embedded {done:,} of {total:,} texts in {seconds:.0f} s "
                     f"({done / max(seconds, 1e-9):.0f}/s)"
                 ),
+                on_chunk=lambda positions, chunk: checkpoint.append(
+                    [work.requests[position].content_hash for position in positions], chunk
+                ),
             )
             vectors = {
                 request.content_hash: vector
@@ -147,7 +163,7 @@ def package_embeddings(
         embed_seconds = time.perf_counter() - embed_started
 
         written = write_vectors(staged, work.requests, vectors, model.dimensions)
-        if written:
+        if written or work.from_checkpoint:
             compact(staged)
         with_vector, rows = vector_coverage(staged)
         plan = vector_index.plan(with_vector, model.dimensions)
@@ -174,7 +190,8 @@ def package_embeddings(
         metadata = {
             "dagster/row_count": rows,
             "texts_embedded": written,
-            "texts_to_embed": len(work.requests),
+            "texts_to_embed": len(work.requests) + work.from_checkpoint,
+            "vectors_from_checkpoint": work.from_checkpoint,
             "texts_reused": work.reused,
             "texts_failed": len(work.requests) - written,
             "texts_truncated": truncated,
@@ -206,6 +223,8 @@ def package_embeddings(
                 "bedrock_job_errors": MetadataValue.json(bedrock.job_errors),
             }
         yield Output(StagedDataset(path=staged, rows=rows), metadata=metadata)
+        # Reached only once the IO manager published the dataset: its vectors are safe there.
+        checkpoint.delete()
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -91,6 +91,7 @@ def nixpkgs_packages(
     embedding_backend: EmbeddingBackend,
 ) -> Output[StagedDataset]:
     started = time.perf_counter()
+    dataset_storage.remove_abandoned_runs(context.run_id, log=context.log.info)
     work_dir = dataset_storage.work_dir / context.run_id
     source = redact_url(nixpkgs_source.description)
     store = dataset_storage.store("main")

@@ -160,6 +160,7 @@ def minified_dataset(
     search_index: SearchIndexSettings,
     vector_index: VectorIndexSettings,
 ) -> Output[StagedDataset]:
+    dataset_storage.remove_abandoned_runs(context.run_id, log=context.log.info)
     work_dir = dataset_storage.work_dir / context.run_id / "minified"
     staged = work_dir / "fdnix.lancedb"
     options = MinifyOptions(

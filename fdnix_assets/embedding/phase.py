@@ -9,6 +9,9 @@ A package whose text could not be embedded keeps a null vector (never zeros).
 When the dataset's vectors belong to another model or dimension than the backend's (its
 provenance says so), every package is re-embedded: the table is rewritten with the new
 content hashes and an all-null vector column of the new width first.
+
+Vectors a killed run embedded wait in an :class:`~fdnix_assets.embedding.checkpoint.
+EmbeddingCheckpoint`; :func:`find_work` fills those first, so only the rest is embedded.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pyarrow as pa
 from fdnix_assets import schema as s
 from fdnix_assets.datasets import DatasetProvenance, connect, read_columns, write_packages
 from fdnix_assets.embedding.bedrock import EmbeddingRequest
+from fdnix_assets.embedding.checkpoint import EmbeddingCheckpoint
 from fdnix_assets.embedding.text import content_hash, embedding_text
 
 TEXT_COLUMNS = ["attr_path", "main_program", "description", "long_description", "content_hash"]
@@ -50,6 +54,9 @@ class EmbeddingWork:
     """Packages whose vector was already there (carried over by content hash)."""
     reembed_reason: str | None = None
     """Why every vector is being redone (model or dimension change), if it is."""
+    from_checkpoint: int = 0
+    """Packages that got their vector from the checkpoint of a run that did not finish
+    (already written; not in ``requests``)."""
 
 
 def reembed_reason(
@@ -162,16 +169,36 @@ def pending_requests(table: Any, model: EmbeddingModel, sample: int | None = Non
     )
 
 
-def find_work(directory: Path, model: EmbeddingModel, sample: int | None = None) -> EmbeddingWork:
+def find_work(
+    directory: Path,
+    model: EmbeddingModel,
+    sample: int | None = None,
+    checkpoint: EmbeddingCheckpoint | None = None,
+) -> EmbeddingWork:
     """Prepares the writable dataset copy at ``directory`` for ``model`` (rewriting it when
-    the model or dimension changed) and lists the texts to embed."""
+    the model or dimension changed) and lists the texts to embed.
+
+    Vectors found in ``checkpoint`` (embedded by a run that was killed) are written into
+    the copy at once and their texts left out of the work.
+    """
     table = open_table(directory)
     provenance = DatasetProvenance.from_schema(table.schema)
     reason = reembed_reason(provenance, table.schema.field("vector").type, model)
     if reason is not None:
         table = reset_for_model(directory, table, provenance, model)
     work = pending_requests(table, model, sample)
-    return replace(work, reused=0 if reason else work.reused, reembed_reason=reason)
+    work = replace(work, reused=0 if reason else work.reused, reembed_reason=reason)
+    if checkpoint is None or not work.requests:
+        return work
+    kept = checkpoint.vectors_for([request.content_hash for request in work.requests])
+    if not kept:
+        return work
+    written = write_vectors(directory, work.requests, kept, model.dimensions)
+    return replace(
+        work,
+        requests=[request for request in work.requests if request.content_hash not in kept],
+        from_checkpoint=written,
+    )
 
 
 def vectors_array(vectors: np.ndarray, dimensions: int) -> pa.FixedSizeListArray:
