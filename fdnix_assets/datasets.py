@@ -143,7 +143,15 @@ def read_vectors_for_reuse(snapshot: Snapshot | None, dimensions: int) -> pa.Tab
     field = table.schema.field("vector") if "vector" in table.schema.names else None
     if field is None or field.type != s.vector_type(dimensions):
         return None
-    return read_columns(table, ["content_hash", "vector"])
+    # Only rows that have a vector: a dataset not yet embedded would otherwise hand over
+    # 1.5 kB of null-vector zeros per row.
+    return (
+        table.search()
+        .where("vector IS NOT NULL")
+        .select(["content_hash", "vector"])
+        .limit(None)
+        .to_arrow()
+    )
 
 
 def read_columns(table: Any, columns: list[str]) -> pa.Table:

@@ -19,15 +19,13 @@ import functools
 import gc
 import multiprocessing
 import os
+import queue
 import re
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
@@ -681,17 +679,18 @@ class NormalizedStream:
     """A listing's rows as Arrow record batches, normalized while the consumer reads them.
 
     Handing :meth:`batches` straight to the dataset writer lets LanceDB encode and write one
-    batch while the next is being normalized. This process normalizes the first share;
-    worker processes normalize the others into Arrow IPC files, whose batches follow, memory-
-    mapped rather than copied. The account of issues is complete once :meth:`batches` is
-    exhausted; :attr:`error` keeps an exception raised while a writer was pulling batches,
-    which the writer itself may report only as text.
+    batch while the next is being normalized. This process normalizes the first share and
+    worker processes the others; after each of its own batches it passes on whatever the
+    workers have finished, so the writer keeps up with every process. Rows therefore come
+    in an order that depends on timing (each share's rows keep theirs). The account of
+    issues is complete once :meth:`batches` is exhausted; :attr:`error` keeps an exception
+    raised while a writer was pulling batches, which the writer may report only as text.
     """
 
     def __init__(
         self,
         decoded: _DecodedListing,
-        workers: list[Future[tuple[Path, _ShareAccount]]],
+        workers: list[_Worker],
         model_id: str,
         dimensions: int,
         nixpkgs_root: str | None,
@@ -704,7 +703,7 @@ class NormalizedStream:
         self.rows = 0
         self.error: BaseException | None = None
         self._decoded = decoded
-        self._futures = workers
+        self._workers = workers
         self._account = _ShareAccount()
         self._arguments = (model_id, dimensions, nixpkgs_root, progress, progress_every)
         self._started = time.perf_counter()
@@ -723,30 +722,85 @@ class NormalizedStream:
             self._account,
         )
         try:
-            for batch in chain(own, self._worker_batches()):
+            for batch in chain(own, self._worker_batches(wait=True)):
                 self.rows += batch.num_rows
                 yield batch
+                if batch.num_rows and self._workers:
+                    for ready in self._worker_batches(wait=False):
+                        self.rows += ready.num_rows
+                        yield ready
         except BaseException as error:
             self.error = error
             raise
+        # In share order, so the account reads the same however the processes were timed.
+        for worker in self._workers:
+            assert worker.account is not None
+            self._account.merge(worker.account)
         if progress is not None:
             progress(self.total, self.total)
 
-    def _worker_batches(self) -> Iterator[pa.RecordBatch]:
-        for future in self._futures:
-            share_file, account = future.result()
-            self._account.merge(account)
-            # Read one batch at a time: the writer is done with a batch before the next comes.
-            with pa.OSFile(str(share_file)) as source:
-                reader = pa.ipc.open_file(source)
-                for index in range(reader.num_record_batches):
-                    yield _with_null_vectors(reader.get_batch(index), self.schema)
+    def _worker_batches(self, wait: bool) -> Iterator[pa.RecordBatch]:
+        for worker in self._workers:
+            while not worker.finished:
+                batch = worker.next_batch(wait)
+                if batch is None:
+                    break
+                yield _with_null_vectors(batch, self.schema)
 
     def report(self) -> NormalizationReport:
         """The account of the whole listing, once :meth:`batches` has been read to the end."""
         return self._account.report(
             self._decoded, time.perf_counter() - self._started, self.workers
         )
+
+
+class _Worker:
+    """A process normalizing one share, handing its batches over through a bounded queue."""
+
+    # Batches a worker may finish ahead of the writer: bounds what waits in memory.
+    QUEUE_BATCHES = 2
+    POLL_SECONDS = 1.0
+
+    def __init__(self, context: Any, arguments: tuple[Any, ...]) -> None:
+        self.queue = context.Queue(self.QUEUE_BATCHES)
+        self.process = context.Process(
+            target=_normalize_share_to_queue, args=(self.queue, *arguments), daemon=True
+        )
+        self.finished = False
+        self.account: _ShareAccount | None = None
+        self.process.start()
+
+    def next_batch(self, wait: bool) -> pa.RecordBatch | None:
+        """The worker's next batch; None when none is ready without waiting, or when the
+        worker has finished (and left its :attr:`account`)."""
+        while True:
+            try:
+                kind, value = (
+                    self.queue.get(timeout=self.POLL_SECONDS) if wait else (self.queue.get_nowait())
+                )
+            except queue.Empty:
+                if self.process.is_alive():
+                    if wait:
+                        continue
+                    return None
+                raise RuntimeError(
+                    "a normalizing worker process ended without finishing its share (exit "
+                    f"code {self.process.exitcode}); out of memory, or killed"
+                ) from None
+            if kind == "batch":
+                return value
+            if kind == "error":
+                raise RuntimeError(f"a normalizing worker process failed: {value}")
+            self.finished = True
+            self.account = value
+            return None
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+        self.queue.close()
+        self.queue.cancel_join_thread()
 
 
 @contextmanager
@@ -764,8 +818,7 @@ def open_normalized_stream(
     """Decodes the listing at ``path`` and starts the workers; yields the row stream.
 
     Raises :class:`InvalidDumpError` on entry when the file is not a package listing. On
-    exit the workers are gone and their scratch files deleted (batches already read from a
-    mapped file stay readable).
+    exit the worker processes are gone.
     """
     workers = default_workers() if workers is None else max(1, workers)
     # A daemonic process (a multiprocessing.Pool worker) may not start processes of its own.
@@ -775,43 +828,20 @@ def open_normalized_stream(
     # thousand rows (each traversing everything alive); nothing built here forms cycles.
     gc_was_enabled = gc.isenabled()
     gc.disable()
-    scratch = Path(tempfile.mkdtemp(prefix=".fdnix-normalize-", dir=path.parent))
     # Spawned, not forked: the caller (a Dagster run) has threads, and fork copies their locks.
-    pool = (
-        ProcessPoolExecutor(
-            max_workers=workers - 1, mp_context=multiprocessing.get_context("spawn")
-        )
-        if workers > 1
-        else None
-    )
+    context = multiprocessing.get_context("spawn")
+    started: list[_Worker] = []
     try:
-        futures = (
-            [
-                pool.submit(
-                    _normalize_share_to_file,
-                    path,
-                    scratch / f"share-{index}.arrow",
-                    index,
-                    workers,
-                    model_id,
-                    dimensions,
-                    nixpkgs_root,
-                    progress_every,
-                )
-                for index in range(1, workers)
-            ]
-            if pool is not None
-            else []
-        )
+        for index in range(1, workers):
+            arguments = (path, index, workers, model_id, dimensions, nixpkgs_root)
+            started.append(_Worker(context, arguments))
         decoded = _decode_share(path.read_bytes())
         yield NormalizedStream(
-            decoded, futures, model_id, dimensions, nixpkgs_root, progress, progress_every
+            decoded, started, model_id, dimensions, nixpkgs_root, progress, progress_every
         )
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        # Unlinking a mapped file keeps its pages readable until the mapping goes away.
-        shutil.rmtree(scratch, ignore_errors=True)
+        for worker in started:
+            worker.stop()
         if gc_was_enabled:
             gc.enable()
 
@@ -847,30 +877,31 @@ def normalize_listing_file(
         return NormalizedPackages(table=table, **vars(stream.report()))
 
 
-def _normalize_share_to_file(
+def _normalize_share_to_queue(
+    batches: Any,
     path: Path,
-    share_file: Path,
     index: int,
     count: int,
     model_id: str,
     dimensions: int,
     nixpkgs_root: str | None,
-    progress_every: int,
-) -> tuple[Path, _ShareAccount]:
-    """A worker process's part: its share of the rows, streamed to an Arrow IPC file."""
+) -> None:
+    """A worker process's part: its share of the rows, put on ``batches`` as they fill.
+
+    Vectors are all null here; the batches leave them out rather than carry 1.5 kB of zeros
+    per row between processes, and the receiving side puts them back.
+    """
     gc.disable()
-    decoded = _decode_share(path.read_bytes())
-    account = _ShareAccount()
-    # Vectors are all null here; the file leaves them out rather than store 1.5 kB of zeros
-    # per row, and the reading side puts them back.
-    schema = main_schema(dimensions)
-    schema = schema.remove(schema.get_field_index("vector"))
-    with pa.OSFile(str(share_file), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+    try:
+        decoded = _decode_share(path.read_bytes())
+        account = _ShareAccount()
         for batch in _share_batches(
-            decoded, index, count, model_id, dimensions, nixpkgs_root, None, progress_every, account
+            decoded, index, count, model_id, dimensions, nixpkgs_root, None, BATCH_ROWS, account
         ):
-            writer.write_batch(batch.drop_columns(["vector"]))
-    return share_file, account
+            batches.put(("batch", batch.drop_columns(["vector"])))
+        batches.put(("done", account))
+    except BaseException as error:
+        batches.put(("error", f"{type(error).__name__}: {error}"))
 
 
 def _with_null_vectors(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
