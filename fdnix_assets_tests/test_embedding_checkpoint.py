@@ -129,6 +129,20 @@ def test_a_stream_cut_after_its_first_record_batch_keeps_that_batch(tmp_path: Pa
     assert len(warnings) == 1 and "3 vectors read before the damage" in warnings[0]
 
 
+def test_a_checkpoint_that_cannot_be_written_only_warns(tmp_path: Path) -> None:
+    warnings = Warnings()
+    # The work directory is a file: no checkpoint directory can be made under it.
+    blocked = tmp_path / "work"
+    blocked.write_text("not a directory")
+    checkpoint = EmbeddingCheckpoint(blocked, "some-model", DIMENSIONS, warn=warnings)
+    assert checkpoint.save(hashes("a", 2), unit_vectors(2)) is False
+    assert len(warnings) == 1 and "could not checkpoint 2 embedded vectors" in warnings[0]
+    assert checkpoint.vectors_for(hashes("a", 2)) == {}
+    writable = EmbeddingCheckpoint(tmp_path / "ok", "some-model", DIMENSIONS, warn=warnings)
+    assert writable.save(hashes("a", 2), unit_vectors(2)) is True
+    assert writable.vector_count() == 2
+
+
 def test_garbage_in_the_checkpoint_does_not_stop_a_run(tmp_path: Path) -> None:
     warnings = Warnings()
     checkpoint = EmbeddingCheckpoint(tmp_path, "some-model", DIMENSIONS, warn=warnings)

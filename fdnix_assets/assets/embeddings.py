@@ -151,7 +151,7 @@ def package_embeddings(
                     f"embedded {done:,} of {total:,} texts in {seconds:.0f} s "
                     f"({done / max(seconds, 1e-9):.0f}/s)"
                 ),
-                on_chunk=lambda positions, chunk: checkpoint.append(
+                on_chunk=lambda positions, chunk: checkpoint.save(
                     [work.requests[position].content_hash for position in positions], chunk
                 ),
             )

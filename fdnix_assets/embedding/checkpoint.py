@@ -142,6 +142,19 @@ class EmbeddingCheckpoint:
             raise
         return final
 
+    def save(self, hashes: Sequence[str], vectors: np.ndarray) -> bool:
+        """:meth:`append`, except that a disk problem only warns (the run goes on without this
+        chunk checkpointed); returns whether the chunk was kept."""
+        try:
+            self.append(hashes, vectors)
+        except OSError as error:
+            self.warn(
+                f"could not checkpoint {len(hashes):,} embedded vectors in {self.directory} "
+                f"({error}); the run goes on, but a rerun after a kill would embed them again"
+            )
+            return False
+        return True
+
     def vectors_for(self, wanted: Collection[str]) -> dict[str, np.ndarray]:
         """The checkpointed vectors of the content hashes in ``wanted``.
 
