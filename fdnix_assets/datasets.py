@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from fdnix_assets import schema as s
-from fdnix_assets.normalize import (
-    PARALLEL_MIN_BYTES,
-    NormalizationReport,
-    open_normalized_stream,
-)
+from fdnix_assets.normalize import NormalizationReport, StreamOptions, open_normalized_stream
 from fdnix_assets.storage import Snapshot
 
 # LanceDB logs a warning per query about _distance/_score columns; they are noise here.
@@ -189,30 +185,17 @@ def build_main_dataset(
     listing_path: Path,
     directory: Path,
     provenance: DatasetProvenance,
-    *,
-    model_id: str,
-    dimensions: int,
-    nixpkgs_root: str | None = None,
     previous_vectors: pa.Table | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    workers: int | None = None,
-    parallel_min_bytes: int = PARALLEL_MIN_BYTES,
+    **options: Unpack[StreamOptions],
 ) -> MainDatasetBuild:
     """Normalizes the listing at ``listing_path`` into a fresh main dataset at ``directory``.
 
-    Rows stream from the normalizer (several processes on a large listing) through the vector
-    carry-over into LanceDB's writer, so encoding and writing overlap normalizing. Raises
+    Rows stream from the normalizer (several processes on a large listing; ``options`` as
+    for :func:`~fdnix_assets.normalize.open_normalized_stream`) through the vector carry-over
+    into LanceDB's writer, so encoding and writing overlap normalizing. Raises
     :class:`~fdnix_assets.normalize.InvalidDumpError` when the file is not a package listing.
     """
-    with open_normalized_stream(
-        listing_path,
-        model_id=model_id,
-        dimensions=dimensions,
-        nixpkgs_root=nixpkgs_root,
-        progress=progress,
-        workers=workers,
-        parallel_min_bytes=parallel_min_bytes,
-    ) as stream:
+    with open_normalized_stream(listing_path, **options) as stream:
         carry = VectorCarryOver(previous_vectors)
         flags = dict.fromkeys(s.FLAG_COLUMNS, 0)
         described = 0

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 import msgspec
 import numpy as np
@@ -803,23 +803,37 @@ class _Worker:
         self.queue.cancel_join_thread()
 
 
+class StreamOptions(TypedDict, total=False):
+    """How to normalize a listing file: the keyword arguments of
+    :func:`open_normalized_stream`, also taken by the functions built on it."""
+
+    model_id: Required[str]
+    dimensions: Required[int]
+    # Where nixpkgs was evaluated from, so meta.position can be made relative to it.
+    nixpkgs_root: str | None
+    progress: Callable[[int, int], None] | None
+    progress_every: int
+    # Processes normalizing (this one included); default: one per core, at most four.
+    workers: int | None
+    # Listings smaller than this are normalized by this process alone.
+    parallel_min_bytes: int
+
+
 @contextmanager
 def open_normalized_stream(
-    path: Path,
-    *,
-    model_id: str,
-    dimensions: int,
-    nixpkgs_root: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    progress_every: int = 20_000,
-    workers: int | None = None,
-    parallel_min_bytes: int = PARALLEL_MIN_BYTES,
+    path: Path, **options: Unpack[StreamOptions]
 ) -> Iterator[NormalizedStream]:
     """Decodes the listing at ``path`` and starts the workers; yields the row stream.
 
     Raises :class:`InvalidDumpError` on entry when the file is not a package listing. On
     exit the worker processes are gone.
     """
+    model_id, dimensions = options["model_id"], options["dimensions"]
+    nixpkgs_root = options.get("nixpkgs_root")
+    progress = options.get("progress")
+    progress_every = options.get("progress_every", 20_000)
+    parallel_min_bytes = options.get("parallel_min_bytes", PARALLEL_MIN_BYTES)
+    workers = options.get("workers")
     workers = default_workers() if workers is None else max(1, workers)
     # A daemonic process (a multiprocessing.Pool worker) may not start processes of its own.
     if multiprocessing.current_process().daemon or path.stat().st_size < parallel_min_bytes:
@@ -846,33 +860,14 @@ def open_normalized_stream(
             gc.enable()
 
 
-def normalize_listing_file(
-    path: Path,
-    *,
-    model_id: str,
-    dimensions: int,
-    nixpkgs_root: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    progress_every: int = 20_000,
-    workers: int | None = None,
-    parallel_min_bytes: int = PARALLEL_MIN_BYTES,
-) -> NormalizedPackages:
+def normalize_listing_file(path: Path, **options: Unpack[StreamOptions]) -> NormalizedPackages:
     """:func:`normalize_listing` on a file, splitting the work over ``workers`` processes.
 
     Normalizing is pure Python, so one process uses one core. Every worker decodes the outer
     object itself (a fraction of a second) and normalizes one contiguous slice. The rows come
     out in the same order, with the same issues, as from one process.
     """
-    with open_normalized_stream(
-        path,
-        model_id=model_id,
-        dimensions=dimensions,
-        nixpkgs_root=nixpkgs_root,
-        progress=progress,
-        progress_every=progress_every,
-        workers=workers,
-        parallel_min_bytes=parallel_min_bytes,
-    ) as stream:
+    with open_normalized_stream(path, **options) as stream:
         table = pa.Table.from_batches(list(stream.batches()), schema=stream.schema)
         return NormalizedPackages(table=table, **vars(stream.report()))
 

@@ -21,7 +21,6 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
-    AssetRecordsFilter,
     Config,
     Failure,
     MaterializeResult,
@@ -33,6 +32,7 @@ from dagster import (
 from pydantic import Field
 
 from fdnix_assets import schema as s
+from fdnix_assets.assets.history import recent_metadata, recorded_number
 from fdnix_assets.datasets import DatasetProvenance, open_packages
 from fdnix_assets.embedding.bedrock import BedrockReport
 from fdnix_assets.embedding.checkpoint import EmbeddingCheckpoint
@@ -367,17 +367,9 @@ def vector_coverage_check(
 
 def _recorded_embed_sample(context: AssetCheckExecutionContext) -> int:
     """The embed_sample of the latest materialization (of the run's channel partition)."""
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(
-            asset_key=package_embeddings.key,
-            asset_partitions=[context.partition_key] if context.has_partition_key else None,
-        ),
-        limit=1,
-        ascending=False,
-    ).records
-    materialization = records[0].asset_materialization if records else None
-    value = materialization.metadata.get("embed_sample") if materialization else None
-    return int(value.value) if value is not None else 0  # type: ignore[arg-type]
+    history = recent_metadata(context, package_embeddings.key)
+    sample = recorded_number(history[0] if history else None, "embed_sample")
+    return int(sample or 0)
 
 
 @asset_check(

@@ -11,9 +11,7 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
-    AssetRecordsFilter,
     Config,
-    EventLogRecord,
     Failure,
     MetadataValue,
     Output,
@@ -22,6 +20,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from fdnix_assets.assets.history import recent_metadata, recorded_number
 from fdnix_assets.datasets import (
     DatasetProvenance,
     build_main_dataset,
@@ -233,21 +232,14 @@ def attr_path_unique_and_non_empty(dataset_storage: DatasetStorage) -> AssetChec
     ),
 )
 def row_count_not_collapsed(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(
-            asset_key=AssetKey("nixpkgs_packages"),
-            # With channels, each channel's history is its own.
-            asset_partitions=[context.partition_key] if context.has_partition_key else None,
-        ),
-        limit=2,
-        ascending=False,
-    ).records
-    counts = [_recorded_row_count(record) for record in records]
-    current = counts[0] if counts else None
-    previous = counts[1] if len(counts) > 1 else None
+    history = recent_metadata(context, AssetKey("nixpkgs_packages"), limit=2)
+    counts = [recorded_number(metadata, "dagster/row_count") for metadata in history]
+    current = int(counts[0]) if counts and counts[0] is not None else None
+    previous = int(counts[1]) if len(counts) > 1 and counts[1] is not None else None
     if current is None:
         return AssetCheckResult(passed=False, description="no materialization recorded a row count")
-    max_drop = _recorded_max_drop(records[0])
+    recorded_drop = recorded_number(history[0], "max_row_drop_fraction")
+    max_drop = DEFAULT_MAX_ROW_DROP if recorded_drop is None else recorded_drop
     problem = row_drop_problem(current, previous, max_drop)
     return AssetCheckResult(
         passed=problem is None,
@@ -258,18 +250,3 @@ def row_count_not_collapsed(context: AssetCheckExecutionContext) -> AssetCheckRe
             "max_row_drop_fraction": max_drop,
         },
     )
-
-
-def _recorded_max_drop(record: EventLogRecord) -> float:
-    """The drop the materializing run allowed (its max_row_drop_fraction config)."""
-    materialization = record.asset_materialization
-    value = materialization.metadata.get("max_row_drop_fraction") if materialization else None
-    return DEFAULT_MAX_ROW_DROP if value is None else float(value.value)  # type: ignore[arg-type]
-
-
-def _recorded_row_count(record: EventLogRecord) -> int | None:
-    materialization = record.asset_materialization
-    if materialization is None:
-        return None
-    value = materialization.metadata.get("dagster/row_count")
-    return None if value is None else int(value.value)  # type: ignore[arg-type]

@@ -11,7 +11,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetIn,
-    AssetRecordsFilter,
     Config,
     ConfigurableResource,
     Failure,
@@ -22,6 +21,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from fdnix_assets.assets.history import recent_metadata, recorded_number
 from fdnix_assets.assets.layer import LambdaLayerPublisher
 from fdnix_assets.embedding.resource import VectorIndexSettings
 from fdnix_assets.io_managers import DATASET_METADATA_KEY, StagedDataset
@@ -282,19 +282,6 @@ def minified_size_check(
 
 def _published_bytes(context: AssetCheckExecutionContext) -> int | None:
     """The size the latest materialization (of the run's channel partition) recorded."""
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(
-            asset_key=minified_dataset.key,
-            asset_partitions=[context.partition_key] if context.has_partition_key else None,
-        ),
-        limit=1,
-        ascending=False,
-    ).records
-    materialization = records[0].asset_materialization if records else None
-    if materialization is None:
-        return None
-    for key in ("total_bytes", "dataset_bytes"):
-        value = materialization.metadata.get(key)
-        if value is not None:
-            return int(value.value)
-    return None
+    history = recent_metadata(context, minified_dataset.key)
+    size = recorded_number(history[0] if history else None, "total_bytes", "dataset_bytes")
+    return None if size is None else int(size)
