@@ -680,14 +680,7 @@ class S3DatasetStore(DatasetStore):
             condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
             with self._s3_errors(f"moving the snapshot pointer {self.location}"):
                 try:
-                    self.client.put_object(
-                        Bucket=self.bucket,
-                        Key=self.pointer_key,
-                        Body=pointer.to_json(),
-                        ContentType="application/json",
-                        CacheControl="no-cache",
-                        **condition,
-                    )
+                    self._put_pointer(pointer, **condition)
                     return None
                 except ClientError as error:
                     code = _error_code(error)
@@ -721,13 +714,18 @@ class S3DatasetStore(DatasetStore):
 
     def _write_pointer(self, pointer: SnapshotPointer) -> None:
         with self._s3_errors(f"moving the snapshot pointer {self.location}"):
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=self.pointer_key,
-                Body=pointer.to_json(),
-                ContentType="application/json",
-                CacheControl="no-cache",
-            )
+            self._put_pointer(pointer)
+
+    def _put_pointer(self, pointer: SnapshotPointer, **condition: str) -> None:
+        """One PUT of the pointer object; ``condition`` is IfMatch / IfNoneMatch, if any."""
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=self.pointer_key,
+            Body=pointer.to_json(),
+            ContentType="application/json",
+            CacheControl="no-cache",
+            **condition,
+        )
 
     def _holds_unversioned_dataset(self) -> bool:
         with self._s3_errors(f"listing s3://{self.bucket}/{self.prefix}/"):

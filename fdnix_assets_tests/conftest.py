@@ -12,6 +12,25 @@ import boto3
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Variables of the developer's shell that would change what a run started by a test does.
+RUN_CONFIG_VARIABLES = (
+    "DAGSTER_HOME",
+    "PROCESSING_MODE",
+    "DUCKDB_KEY",
+    "NIXPKGS",
+    "NIXPKGS_JSON",
+    "ARTIFACTS_BUCKET",
+    "OUTPUT_PATH",
+    "OUTPUT_MINIFIED_PATH",
+    "LANCEDB_PATH",
+    "LANCEDB_DATA_KEY",
+    "LANCEDB_MINIFIED_KEY",
+    "PUBLISH_LAYER",
+    "LAYER_ARN",
+    "EMBEDDING_BACKEND",
+    "FDNIX_CHANNELS",
+    "FDNIX_CHANNEL",
+)
 SHARED_FIXTURES = Path(
     os.environ.get("FDNIX_SHARED_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures")
 )

@@ -17,29 +17,14 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from fdnix_assets.settings import PROCESSING_MODES
-from fdnix_assets_tests.conftest import REPO_ROOT
+from fdnix_assets_tests.conftest import REPO_ROOT, RUN_CONFIG_VARIABLES
 from fdnix_assets_tests.samples import SMALL_LISTING_SIZE, write_small_listing
 
 RUN_TIMEOUT_SECONDS = 180
-# Variables of the developer's shell that would change what the entry point does.
-CONFIG_VARIABLES = (
-    "DAGSTER_HOME",
-    "PROCESSING_MODE",
-    "DUCKDB_KEY",
-    "NIXPKGS",
-    "NIXPKGS_JSON",
-    "ARTIFACTS_BUCKET",
-    "OUTPUT_PATH",
-    "OUTPUT_MINIFIED_PATH",
-    "PUBLISH_LAYER",
-    "EMBEDDING_BACKEND",
-    "FDNIX_CHANNELS",
-    "FDNIX_CHANNEL",
-)
 
 
 def entrypoint_env(tmp_path: Path, **variables: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if name not in CONFIG_VARIABLES}
+    env = {name: value for name, value in os.environ.items() if name not in RUN_CONFIG_VARIABLES}
     env |= {
         "OUTPUT_PATH": str(tmp_path / "out" / "fdnix-data.lancedb"),
         "OUTPUT_MINIFIED_PATH": str(tmp_path / "out" / "fdnix.lancedb"),

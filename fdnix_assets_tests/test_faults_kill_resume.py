@@ -52,29 +52,10 @@ from fdnix_assets.embedding.checkpoint import EmbeddingCheckpoint
 from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID
 from fdnix_assets.storage import ABANDONED_AFTER, PARTIAL_PREFIX, LocalDatasetStore
 from fdnix_assets.storage_s3 import MANIFEST_NAME, S3DatasetStore
-from fdnix_assets_tests.conftest import REPO_ROOT, SAMPLE_LISTING
+from fdnix_assets_tests.conftest import REPO_ROOT, RUN_CONFIG_VARIABLES, SAMPLE_LISTING
 
 RUN_TIMEOUT_SECONDS = 240
 LISTING_SIZE = 20
-# Variables of the developer's shell that would change what the runs do.
-CONFIG_VARIABLES = (
-    "DAGSTER_HOME",
-    "PROCESSING_MODE",
-    "DUCKDB_KEY",
-    "NIXPKGS",
-    "NIXPKGS_JSON",
-    "ARTIFACTS_BUCKET",
-    "OUTPUT_PATH",
-    "OUTPUT_MINIFIED_PATH",
-    "LANCEDB_PATH",
-    "LANCEDB_DATA_KEY",
-    "LANCEDB_MINIFIED_KEY",
-    "PUBLISH_LAYER",
-    "LAYER_ARN",
-    "EMBEDDING_BACKEND",
-    "FDNIX_CHANNELS",
-    "FDNIX_CHANNEL",
-)
 MAIN = "fdnix-data.lancedb"
 MINIFIED = "fdnix.lancedb"
 DATA_KEY = "snapshots/fdnix-data.lancedb"
@@ -208,7 +189,7 @@ def job_env(
     out: Path, listing: Path, dagster_home: Path | None, **variables: str
 ) -> dict[str, str]:
     """The environment of a full run writing under ``out``; AWS settings come from os.environ."""
-    env = {name: value for name, value in os.environ.items() if name not in CONFIG_VARIABLES}
+    env = {name: value for name, value in os.environ.items() if name not in RUN_CONFIG_VARIABLES}
     env |= {
         "PROCESSING_MODE": "full",
         "NIXPKGS_JSON": str(listing),

@@ -50,8 +50,12 @@ from fdnix_assets.storage import StorageError, check_snapshot_id
 from fdnix_assets.storage_s3 import S3DatasetStore, resolve_s3_dataset, safe_relative_path
 from fdnix_assets_tests import search_support
 from fdnix_assets_tests.bedrock_standin import BedrockStandIn
-from fdnix_assets_tests.conftest import REPO_ROOT, SAMPLE_LISTING, TEST_NIXPKGS
-from fdnix_assets_tests.test_entrypoint import CONFIG_VARIABLES as ENTRYPOINT_CONFIG_VARIABLES
+from fdnix_assets_tests.conftest import (
+    REPO_ROOT,
+    RUN_CONFIG_VARIABLES,
+    SAMPLE_LISTING,
+    TEST_NIXPKGS,
+)
 
 RUN_TIMEOUT_SECONDS = 300
 ACCESS_KEY_ID = "AKIAFDNIXLEAKCHECK01"
@@ -80,7 +84,6 @@ HOSTILE_ATTR_PATHS = (
     "..\\..\\escape-attr-backslash",
 )
 # Variables of the developer's shell that would change what a run does.
-CONFIG_VARIABLES = (*ENTRYPOINT_CONFIG_VARIABLES, "LAYER_ARN", "LANCEDB_PATH")
 
 
 def leak_check_dump() -> bytes:
@@ -114,7 +117,7 @@ def clean_environment() -> dict[str, str]:
     return {
         name: value
         for name, value in os.environ.items()
-        if name not in CONFIG_VARIABLES and not name.startswith("AWS_")
+        if name not in RUN_CONFIG_VARIABLES and not name.startswith("AWS_")
     }
 
 
