@@ -11,6 +11,7 @@ same channel apart while different channels run side by side.
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from dagster import (
     DefaultScheduleStatus,
@@ -60,25 +61,19 @@ def build_full_job_schedule(cron: str, channels: Sequence[str] = ()) -> Schedule
         + f"; set {SCHEDULE_CRON_VARIABLE} to change when. Ships stopped: turn it on here or "
         "with `dagster schedule start full_job_schedule`."
     )
+    definition: dict[str, Any] = {
+        "name": "full_job_schedule",
+        "job": full_job,
+        "cron_schedule": cron,
+        "execution_timezone": SCHEDULE_TIMEZONE,
+        "default_status": DefaultScheduleStatus.STOPPED,
+        "description": description,
+    }
     if not channels:
-        return ScheduleDefinition(
-            name="full_job_schedule",
-            job=full_job,
-            cron_schedule=cron,
-            execution_timezone=SCHEDULE_TIMEZONE,
-            default_status=DefaultScheduleStatus.STOPPED,
-            description=description,
-        )
+        return ScheduleDefinition(**definition)
     channel_list = tuple(channels)
 
-    @schedule(
-        name="full_job_schedule",
-        job=full_job,
-        cron_schedule=cron,
-        execution_timezone=SCHEDULE_TIMEZONE,
-        default_status=DefaultScheduleStatus.STOPPED,
-        description=description,
-    )
+    @schedule(**definition)
     def full_job_schedule(context: ScheduleEvaluationContext) -> list[RunRequest]:
         return channel_run_requests(channel_list)
 

@@ -7,6 +7,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -105,3 +106,27 @@ def bedrock_standin(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[o
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", endpoint)
     yield standin
     standin.stop()
+
+
+def run_selection(
+    definitions: Any,
+    selection: Any,
+    instance: Any,
+    run_config: dict[str, Any] | None = None,
+    resources: dict[str, Any] | None = None,
+) -> Any:
+    """Runs exactly ``selection`` (a dagster AssetSelection of assets and checks) with the
+    definitions' resources; returns the ExecuteInProcessResult, failed or not."""
+    from dagster import Definitions, define_asset_job
+
+    job = define_asset_job("selection_job", selection=selection)
+    return (
+        Definitions(
+            assets=definitions.assets,
+            asset_checks=definitions.asset_checks,
+            resources={**(definitions.resources or {}), **(resources or {})},
+            jobs=[job],
+        )
+        .resolve_job_def("selection_job")
+        .execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    )

@@ -22,7 +22,6 @@ from dagster import (
     DagsterInstance,
     Definitions,
     ExecuteInProcessResult,
-    define_asset_job,
 )
 from dagster_aws.s3 import S3Resource
 
@@ -37,6 +36,7 @@ from fdnix_assets.normalize import normalize_listing
 from fdnix_assets.resources import DatasetStorage
 from fdnix_assets.schema import vector_type
 from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID, load_settings
+from fdnix_assets_tests.conftest import run_selection
 from fdnix_assets_tests.embedding_helpers import first_packages, write_listing
 
 MAIN = AssetKey("nixpkgs_packages")
@@ -61,27 +61,6 @@ def storage_of(definitions: Definitions) -> DatasetStorage:
     storage = definitions.resources["dataset_storage"]
     assert isinstance(storage, DatasetStorage)
     return storage
-
-
-def run_selection(
-    definitions: Definitions,
-    selection: AssetSelection,
-    instance: DagsterInstance,
-    run_config: dict[str, Any] | None = None,
-    resources: dict[str, Any] | None = None,
-) -> ExecuteInProcessResult:
-    """Runs exactly ``selection`` (assets and checks) with the definitions' resources."""
-    job = define_asset_job("blocking_check_job", selection=selection)
-    return (
-        Definitions(
-            assets=definitions.assets,
-            asset_checks=definitions.asset_checks,
-            resources={**(definitions.resources or {}), **(resources or {})},
-            jobs=[job],
-        )
-        .resolve_job_def("blocking_check_job")
-        .execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
-    )
 
 
 def started_steps(result: ExecuteInProcessResult) -> set[str]:

@@ -25,7 +25,6 @@ from dagster import (
     ExecuteInProcessResult,
     build_schedule_context,
     build_sensor_context,
-    define_asset_job,
 )
 from dagster._utils.tags import TagConcurrencyLimitsCounter
 
@@ -47,7 +46,7 @@ from fdnix_assets.resources import DatasetStorage, NixpkgsSource
 from fdnix_assets.sensors import bedrock_batch_sensor
 from fdnix_assets.settings import SettingsError, load_settings
 from fdnix_assets_tests.bedrock_standin import BedrockStandIn
-from fdnix_assets_tests.conftest import REPO_ROOT, TEST_NIXPKGS
+from fdnix_assets_tests.conftest import REPO_ROOT, TEST_NIXPKGS, run_selection
 from fdnix_assets_tests.embedding_helpers import (
     FAST_POLL_SECONDS,
     ROLE_ARN,
@@ -312,24 +311,12 @@ def test_a_check_run_without_a_channel_fails_naming_fdnix_channels(tmp_path: Pat
     definitions = build_definitions(
         load_settings(channel_env(tmp_path, NIXPKGS_JSON=str(dumps / "{channel}.json")))
     )
-    check_job = define_asset_job(
-        "attr_path_check_job",
-        selection=AssetSelection.checks(
-            AssetCheckKey(AssetKey("nixpkgs_packages"), UNIQUE_ATTR_PATH_CHECK)
-        ),
+    selection = AssetSelection.checks(
+        AssetCheckKey(AssetKey("nixpkgs_packages"), UNIQUE_ATTR_PATH_CHECK)
     )
     with DagsterInstance.ephemeral() as instance:
         run_metadata(definitions, instance, STABLE)
-        result = (
-            Definitions(
-                assets=definitions.assets,
-                asset_checks=definitions.asset_checks,
-                resources=definitions.resources,
-                jobs=[check_job],
-            )
-            .resolve_job_def("attr_path_check_job")
-            .execute_in_process(instance=instance, raise_on_error=False)
-        )
+        result = run_selection(definitions, selection, instance)
     assert not result.success
     errors = " ".join(
         event.step_failure_data.error.to_string()

@@ -447,15 +447,20 @@ def small_dump(path: Path, count: int = 40) -> Path:
     return path
 
 
-def test_a_bucket_deleted_between_runs_fails_the_run_naming_it(
-    aws_env: str, s3_bucket: str, tmp_path: Path
-) -> None:
+def s3_metadata_resources(tmp_path: Path, bucket: str) -> dict[str, Any]:
+    """The resources of a metadata run on a small dump, storing in ``bucket``."""
     env = {
         "NIXPKGS_JSON": str(small_dump(tmp_path / "dump.json")),
         "OUTPUT_PATH": str(tmp_path / "out" / "fdnix-data.lancedb"),
-        "ARTIFACTS_BUCKET": s3_bucket,
+        "ARTIFACTS_BUCKET": bucket,
     }
-    resources = build_resources(load_settings(env))
+    return build_resources(load_settings(env))
+
+
+def test_a_bucket_deleted_between_runs_fails_the_run_naming_it(
+    aws_env: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    resources = s3_metadata_resources(tmp_path, s3_bucket)
     with DagsterInstance.ephemeral() as instance:
         assert materialize([nixpkgs_packages], resources=resources, instance=instance).success
         client = boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1")
@@ -675,19 +680,14 @@ def test_the_disk_filling_up_while_writing_keeps_the_dataset_and_frees_the_space
 def test_a_run_whose_upload_dies_keeps_the_pointer_and_leaves_no_staged_dataset(
     aws_env: str, s3_bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    env = {
-        "NIXPKGS_JSON": str(small_dump(tmp_path / "dump.json")),
-        "OUTPUT_PATH": str(tmp_path / "out" / "fdnix-data.lancedb"),
-        "ARTIFACTS_BUCKET": s3_bucket,
-    }
-    resources = build_resources(load_settings(env))
+    resources = s3_metadata_resources(tmp_path, s3_bucket)
     with DagsterInstance.ephemeral() as instance:
         assert materialize([nixpkgs_packages], resources=resources, instance=instance).success
         direct = resources["dataset_storage"].store("main")
         pointer = direct.read_pointer()
         # The next run's storage talks to S3 through the proxy, which dies on the third PUT.
         storage = DatasetStorage(
-            output_path=env["OUTPUT_PATH"],
+            output_path=str(tmp_path / "out" / "fdnix-data.lancedb"),
             output_minified_path=str(tmp_path / "out" / "fdnix.lancedb"),
             artifacts_bucket=s3_bucket,
             s3=S3Resource(region_name="us-east-1", endpoint_url=proxy.endpoint, max_attempts=2),

@@ -27,7 +27,6 @@ from dagster import (
     DagsterInstance,
     Definitions,
     ExecuteInProcessResult,
-    define_asset_job,
 )
 from dagster_aws.s3 import S3Resource
 
@@ -61,7 +60,7 @@ from fdnix_assets.normalize import normalize_listing
 from fdnix_assets.resources import DatasetStorage
 from fdnix_assets.schema import vector_type
 from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID, load_settings
-from fdnix_assets_tests.conftest import SAMPLE_LISTING
+from fdnix_assets_tests.conftest import SAMPLE_LISTING, run_selection
 
 SNAPSHOT_ID = "20261125T000000000000Z-test"
 
@@ -417,20 +416,9 @@ def test_asset_refuses_a_layer_over_the_size_limit(tmp_path: Path, aws_env: str)
 
 def test_running_only_the_size_check_publishes_nothing(tmp_path: Path, aws_env: str) -> None:
     definitions = layer_definitions(tmp_path, {"PUBLISH_LAYER": "true", "LAYER_ARN": "fdnix-c"})
-    check_job = define_asset_job(
-        "layer_size_check_job",
-        selection=AssetSelection.checks(AssetCheckKey(LAYER_ASSET, LAYER_SIZE_CHECK)),
-    )
-    result = (
-        Definitions(
-            assets=definitions.assets,
-            asset_checks=definitions.asset_checks,
-            resources=definitions.resources,
-            jobs=[check_job],
-        )
-        .resolve_job_def("layer_size_check_job")
-        .execute_in_process(instance=DagsterInstance.ephemeral())
-    )
+    selection = AssetSelection.checks(AssetCheckKey(LAYER_ASSET, LAYER_SIZE_CHECK))
+    result = run_selection(definitions, selection, DagsterInstance.ephemeral())
+    assert result.success
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.passed
     assert evaluation.metadata["headroom_bytes"].value > 0
