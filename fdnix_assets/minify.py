@@ -26,7 +26,6 @@ index, and records the embedding provenance so search can refuse a query model t
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import time
@@ -340,29 +339,7 @@ def name_words_column(
     )
 
 
-@dataclass(frozen=True)
-class VectorProjection:
-    """A PCA projection: ``(v - mean) @ components``, then unit length."""
-
-    mean: np.ndarray
-    components: np.ndarray
-
-    def apply(self, vectors: np.ndarray) -> np.ndarray:
-        projected = (vectors - self.mean) @ self.components
-        norms = np.linalg.norm(projected, axis=-1, keepdims=True)
-        return projected / np.maximum(norms, 1e-12)
-
-    def to_metadata(self) -> bytes:
-        return json.dumps(
-            {
-                "mean": base64.b64encode(self.mean.astype("<f4").tobytes()).decode(),
-                "components": base64.b64encode(self.components.astype("<f4").tobytes()).decode(),
-                "shape": list(self.components.shape),
-            }
-        ).encode()
-
-
-def fit_projection(vectors: np.ndarray, dimensions: int, seed: int = 0) -> VectorProjection:
+def fit_projection(vectors: np.ndarray, dimensions: int, seed: int = 0) -> fmt.VectorProjection:
     """PCA of (a sample of) the vectors, keeping ``dimensions`` components."""
     if dimensions >= vectors.shape[1]:
         raise MinifyError(
@@ -374,14 +351,14 @@ def fit_projection(vectors: np.ndarray, dimensions: int, seed: int = 0) -> Vecto
         sample = vectors[rng.choice(len(vectors), PCA_SAMPLE_ROWS, replace=False)]
     mean = sample.mean(axis=0)
     _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
-    return VectorProjection(
+    return fmt.VectorProjection(
         mean=mean.astype(np.float32), components=vt[:dimensions].T.astype(np.float32)
     )
 
 
 def minified_vectors(
     vector_column: pa.ChunkedArray, dimensions: int | None
-) -> tuple[pa.Array, VectorProjection | None, int]:
+) -> tuple[pa.Array, fmt.VectorProjection | None, int]:
     """float16 vectors (projected when ``dimensions`` is set) and how many are present.
 
     Works on the column's value buffer in place (a fixed-size list stores every row, null
@@ -414,7 +391,7 @@ def minified_vectors(
 
 def minify_table(
     main: pa.Table, options: MinifyOptions, provenance: dict[bytes, bytes]
-) -> tuple[pa.Table, VectorProjection | None, int]:
+) -> tuple[pa.Table, fmt.VectorProjection | None, int]:
     """The minified ``packages`` table (schema metadata included) built from main columns."""
     missing = [name for name in [*MAIN_COLUMNS, "vector"] if name not in main.column_names]
     if missing:

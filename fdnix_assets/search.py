@@ -439,16 +439,32 @@ class _Evidence:
 
 
 @dataclass(frozen=True)
-class _Projection:
+class VectorProjection:
+    """A PCA projection: ``(v - mean) @ components``, then unit length. The minify step fits
+    it and records it in the schema metadata; search applies it to each query vector."""
+
     mean: np.ndarray
     components: np.ndarray
 
-    def apply(self, vector: np.ndarray) -> np.ndarray:
-        projected = (vector - self.mean) @ self.components
-        return projected / max(float(np.linalg.norm(projected)), 1e-12)
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        """Projects one vector or a matrix of them (one per row)."""
+        projected = (vectors - self.mean) @ self.components
+        norms = np.linalg.norm(projected, axis=-1, keepdims=True)
+        return projected / np.maximum(norms, 1e-12)
+
+    def to_metadata(self) -> bytes:
+        import base64
+
+        return json.dumps(
+            {
+                "mean": base64.b64encode(self.mean.astype("<f4").tobytes()).decode(),
+                "components": base64.b64encode(self.components.astype("<f4").tobytes()).decode(),
+                "shape": list(self.components.shape),
+            }
+        ).encode()
 
     @classmethod
-    def from_metadata(cls, raw: bytes) -> _Projection:
+    def from_metadata(cls, raw: bytes) -> VectorProjection:
         import base64
 
         data = json.loads(raw)
@@ -622,7 +638,7 @@ class PackageSearch:
         self.model_dimensions = int(metadata.get(META_EMBEDDING_DIMENSIONS, b"0") or 0)
         self.vector_dimensions = schema.field("vector").type.list_size
         self.projection = (
-            _Projection.from_metadata(metadata[META_VECTOR_PROJECTION])
+            VectorProjection.from_metadata(metadata[META_VECTOR_PROJECTION])
             if META_VECTOR_PROJECTION in metadata
             else None
         )
