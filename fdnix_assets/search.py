@@ -993,13 +993,8 @@ class PackageSearch:
         # Levenshtein counts a swap as two edits; OSA below counts it as one.
         query = MatchQuery(text.lower(), NAMES_COLUMN, fuzziness=2, max_expansions=100)
         builder = self.table.search(query, query_type="fts")
-        if where:
-            builder = builder.where(where, prefilter=True)
-        hits = (
-            builder.limit(FUZZY_CANDIDATES)
-            .select(["attr_path", "pname", "main_program", "_score"])
-            .with_row_id(True)
-            .to_arrow()
+        hits = _fetch(
+            builder, where, FUZZY_CANDIDATES, ["attr_path", "pname", "main_program", "_score"]
         )
         found = []
         for row_id, attr_path, pname, program in zip(
@@ -1028,14 +1023,7 @@ class PackageSearch:
         columns = list(TEXT_BOOSTS)
         query = MultiMatchQuery(text, columns, boosts=[TEXT_BOOSTS[c] for c in columns])
         builder = self.table.search(query, query_type="fts")
-        if where:
-            builder = builder.where(where, prefilter=True)
-        hits = (
-            builder.limit(max(TEXT_CANDIDATES, wanted))
-            .select(["_score"])
-            .with_row_id(True)
-            .to_arrow()
-        )
+        hits = _fetch(builder, where, max(TEXT_CANDIDATES, wanted), ["_score"])
         if hits.num_rows == 0:
             return []
         scores = hits["_score"].to_numpy()
@@ -1063,14 +1051,7 @@ class PackageSearch:
         ).distance_type("cosine")
         if self.has_vector_index:
             builder = builder.nprobes(self.nprobes).refine_factor(self.refine_factor)
-        if where:
-            builder = builder.where(where, prefilter=True)
-        hits = (
-            builder.limit(max(VECTOR_CANDIDATES, wanted))
-            .select(["_distance"])
-            .with_row_id(True)
-            .to_arrow()
-        )
+        hits = _fetch(builder, where, max(VECTOR_CANDIDATES, wanted), ["_distance"])
         return [
             (self._row_of(row_id), 1.0 - float(distance))
             for row_id, distance in zip(
@@ -1127,6 +1108,13 @@ class PackageSearch:
                 SearchResult(**record, score=round(score, 4), matched=sorted(evidence[row].matched))
             )
         return results
+
+
+def _fetch(builder: Any, where: str | None, limit: int, columns: list[str]) -> pa.Table:
+    """Runs a LanceDB query: the filter applied before the limit, row ids with ``columns``."""
+    if where:
+        builder = builder.where(where, prefilter=True)
+    return builder.limit(limit).select(columns).with_row_id(True).to_arrow()
 
 
 def fuse(name: np.ndarray, text: np.ndarray, vector: np.ndarray) -> np.ndarray:
