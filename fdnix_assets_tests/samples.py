@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fdnix_assets.datasets import DatasetProvenance
+from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID
 from fdnix_assets_tests.conftest import SAMPLE_LISTING
 
 SMALL_LISTING_SIZE = 200
@@ -50,3 +52,15 @@ MIT_LICENSE_ROW = {
 _META_NAMES = {"spdx_id": "spdxId", "short_name": "shortName", "full_name": "fullName"}
 # The same license as nix writes it in meta.license.
 MIT_LICENSE_META = {_META_NAMES.get(key, key): value for key, value in MIT_LICENSE_ROW.items()}
+
+
+def local_model_provenance(source: str) -> DatasetProvenance:
+    """What a main dataset built from the listing file ``source`` with the local model
+    (MiniLM, 384 dimensions) records about itself."""
+    return DatasetProvenance(
+        source=source,
+        source_kind="file",
+        embedding_model=LOCAL_MODEL_ID,
+        embedding_dimensions=LOCAL_MODEL_DIMENSIONS,
+        embedding_backend="local",
+    )

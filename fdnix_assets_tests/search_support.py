@@ -21,6 +21,7 @@ from fdnix_assets.minify import MinifyOptions, build_minified
 from fdnix_assets.normalize import normalize_listing
 from fdnix_assets.schema import vector_type
 from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID
+from fdnix_assets_tests.samples import local_model_provenance
 
 from .conftest import SAMPLE_LISTING
 
@@ -64,13 +65,7 @@ def embedded_sample_main(base: Path) -> Path:
         write_packages(
             path,
             table,
-            DatasetProvenance(
-                source=str(SAMPLE_LISTING),
-                source_kind="file",
-                embedding_model=LOCAL_MODEL_ID,
-                embedding_dimensions=LOCAL_MODEL_DIMENSIONS,
-                embedding_backend="local",
-            ),
+            local_model_provenance(str(SAMPLE_LISTING)),
         )
         _built[key] = path
         return path

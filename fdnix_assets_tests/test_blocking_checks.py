@@ -38,6 +38,7 @@ from fdnix_assets.schema import vector_type
 from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID, load_settings
 from fdnix_assets_tests.conftest import run_selection
 from fdnix_assets_tests.embedding_helpers import first_packages, write_listing
+from fdnix_assets_tests.samples import local_model_provenance
 
 MAIN = AssetKey("nixpkgs_packages")
 EMBEDDINGS = AssetKey("package_embeddings")
@@ -105,13 +106,7 @@ def main_table(packages: int, with_vectors: int = 0, norm: float = 1.0) -> pa.Ta
 
 
 def publish_main(storage: DatasetStorage, table: pa.Table, staging: Path) -> None:
-    provenance = DatasetProvenance(
-        source="test",
-        source_kind="file",
-        embedding_model=LOCAL_MODEL_ID,
-        embedding_dimensions=LOCAL_MODEL_DIMENSIONS,
-        embedding_backend="local",
-    )
+    provenance = local_model_provenance("test")
     write_packages(staging, table, provenance)
     storage.store("main").publish(staging, SNAPSHOT_ID)
 

@@ -29,12 +29,13 @@ import pyarrow as pa
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from fdnix_assets.datasets import DatasetProvenance, write_packages
+from fdnix_assets.datasets import write_packages
 from fdnix_assets.normalize import normalize_listing
 from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID
 from fdnix_assets.storage import DEFAULT_RETENTION, PARTIAL_PREFIX, LocalDatasetStore
 from fdnix_assets.storage_s3 import S3DatasetStore
 from fdnix_assets_tests.conftest import REPO_ROOT
+from fdnix_assets_tests.samples import local_model_provenance
 from fdnix_assets_tests.test_faults_kill_resume import (
     DATA_KEY,
     MAIN,
@@ -100,13 +101,7 @@ def write_main_dataset(directory: Path, packages: dict[str, object]) -> Path:
     normalized = normalize_listing(
         json.dumps(packages).encode(), model_id=LOCAL_MODEL_ID, dimensions=LOCAL_MODEL_DIMENSIONS
     )
-    provenance = DatasetProvenance(
-        source="test seed",
-        source_kind="file",
-        embedding_model=LOCAL_MODEL_ID,
-        embedding_dimensions=LOCAL_MODEL_DIMENSIONS,
-        embedding_backend="local",
-    )
+    provenance = local_model_provenance("test seed")
     write_packages(directory, normalized.table, provenance)
     return directory
 

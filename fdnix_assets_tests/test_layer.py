@@ -32,7 +32,7 @@ from dagster_aws.s3 import S3Resource
 
 from fdnix_assets import lambda_handler
 from fdnix_assets.assets.layer import LAYER_ASSET, LAYER_SIZE_CHECK, LambdaLayerPublisher
-from fdnix_assets.datasets import DatasetProvenance, write_packages
+from fdnix_assets.datasets import write_packages
 from fdnix_assets.definitions import build_definitions
 from fdnix_assets.embedding.text import embedding_text
 from fdnix_assets.layer import (
@@ -61,6 +61,7 @@ from fdnix_assets.resources import DatasetStorage
 from fdnix_assets.schema import vector_type
 from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID, load_settings
 from fdnix_assets_tests.conftest import SAMPLE_LISTING, run_selection
+from fdnix_assets_tests.samples import local_model_provenance
 
 SNAPSHOT_ID = "20261125T000000000000Z-test"
 
@@ -456,13 +457,7 @@ def sample_minified(tmp_path_factory: pytest.TempPathFactory) -> Path:
         array,
     )
     main = base / "fdnix-data.lancedb"
-    provenance = DatasetProvenance(
-        source=str(SAMPLE_LISTING),
-        source_kind="file",
-        embedding_model=LOCAL_MODEL_ID,
-        embedding_dimensions=LOCAL_MODEL_DIMENSIONS,
-        embedding_backend="local",
-    )
+    provenance = local_model_provenance(str(SAMPLE_LISTING))
     write_packages(main, table, provenance)
     report = build_minified(str(main), base / "fdnix.lancedb", MinifyOptions())
     assert report.rows == E2E_PACKAGES and report.vectors == E2E_PACKAGES

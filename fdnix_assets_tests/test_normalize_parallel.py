@@ -20,6 +20,7 @@ from fdnix_assets.normalize import (
     normalize_listing_file,
 )
 from fdnix_assets.schema import FLAG_COLUMNS
+from fdnix_assets_tests.samples import local_model_provenance
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DIMENSIONS = 384
@@ -92,13 +93,7 @@ def test_the_main_dataset_streams_from_the_workers_into_lancedb(
     single = normalize_listing(
         sample_listing.read_bytes(), model_id=MODEL_ID, dimensions=DIMENSIONS
     )
-    provenance = DatasetProvenance(
-        source=str(sample_listing),
-        source_kind="file",
-        embedding_model=MODEL_ID,
-        embedding_dimensions=DIMENSIONS,
-        embedding_backend="local",
-    )
+    provenance = local_model_provenance(str(sample_listing))
     # A previous dataset where a third of the packages already have vectors.
     reusable = single.table.select(["content_hash", "vector"]).slice(0, 700)
     vectors = pa.FixedSizeListArray.from_arrays(
