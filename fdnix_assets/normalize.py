@@ -113,19 +113,14 @@ class NormalizedPackages(NormalizationReport):
         return self.table.num_rows
 
 
-def decode_listing(data: bytes) -> tuple[dict[str, _Package], str]:
-    """Decodes either shape; returns the packages by attribute path and the shape's name."""
-    packages, shape, _ = _decode_repairing(data)
-    return packages, shape
-
-
 def repair_utf8(data: bytes) -> bytes:
     """``data`` with every invalid UTF-8 sequence replaced by U+FFFD."""
     return data.decode("utf-8", "replace").encode("utf-8")
 
 
 def _decode_repairing(data: bytes) -> tuple[dict[str, _Package], str, bool]:
-    """Like :func:`decode_listing`, also saying whether invalid UTF-8 had to be replaced.
+    """Decodes either shape: the packages by attribute path, the shape's name, and whether
+    invalid UTF-8 had to be replaced.
 
     nix-env writes the bytes of Nix strings as they are, so a description read from a Latin-1
     file arrives as invalid UTF-8. Rejecting the whole listing for that would be absurd; the

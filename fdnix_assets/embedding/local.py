@@ -165,12 +165,3 @@ class LocalEmbedder:
                 last_report = now
         truncated = self.count_truncated(texts)
         return EmbeddingResult(vectors, truncated, time.perf_counter() - started)
-
-
-def baseline_encode_seconds(texts: Sequence[str], device: str = "cpu") -> float:
-    """Seconds the model's own ``encode`` takes on ``texts`` (the benchmark's yardstick)."""
-    model = load_minilm(device)
-    use_all_cores()
-    started = time.perf_counter()
-    model.encode(list(texts), convert_to_numpy=True, show_progress_bar=False)
-    return time.perf_counter() - started
