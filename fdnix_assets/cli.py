@@ -116,7 +116,8 @@ def run_search(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO
     try:
         location = location or default_dataset()
         uri, storage_options = resolve_dataset(location)
-        engine = PackageSearch.open(uri, storage_options)
+        # Reading queries from standard input answers many: worth warming up for.
+        engine = PackageSearch.open(uri, storage_options, warm_up=args.query == "-")
     except (SearchError, FileNotFoundError, ValueError) as error:
         err.write(f"fdnix search: {error}\n")
         return EXIT_FAILED
@@ -133,6 +134,8 @@ def run_search(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO
     except InvalidQuery as error:
         err.write(f"fdnix search: {error}\n")
         return EXIT_USAGE
+    finally:
+        engine.close()
     if args.json:
         out.write(json.dumps([r.as_dict() for r in response.results], ensure_ascii=False) + "\n")
     else:

@@ -19,7 +19,10 @@ itself holds, escaped.
 The dataset is opened once per container from ``FDNIX_DATASET_PATH`` (default
 ``/opt/fdnix/fdnix.lancedb``, where the layer puts it). A dataset embedded with Bedrock
 embeds queries with ``InvokeModel``; one embedded locally with MiniLM is searched by text
-alone unless the model files are available.
+alone unless the model files are available. A container answers many requests, so opening
+also warms it up in the background (``PackageSearch.warm_up``: vectors in memory, the
+query embedder on ONNX Runtime when installed), which needs about 200 MB more memory for
+the full dataset; ``FDNIX_WARM_UP=false`` turns that off for a small function.
 
 Imports nothing from fdnix_assets but the search modules (the layer ships only those).
 """
@@ -71,12 +74,16 @@ def dataset_path() -> str:
     return os.environ.get("FDNIX_DATASET_PATH", "").strip() or DEFAULT_DATASET_PATH
 
 
+def warm_up_enabled() -> bool:
+    return os.environ.get("FDNIX_WARM_UP", "true").strip().lower() not in ("0", "false", "no")
+
+
 def engine() -> PackageSearch:
     """The container's open dataset (opened by the first request, reused by the rest)."""
     global _engine
     with _engine_lock:
         if _engine is None:
-            _engine = PackageSearch.open(dataset_path())
+            _engine = PackageSearch.open(dataset_path(), warm_up=warm_up_enabled())
         return _engine
 
 

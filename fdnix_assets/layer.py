@@ -58,7 +58,12 @@ PACKAGE_NAME = "fdnix_assets"
 
 # The handler and everything it imports from this package; `shipped_code_problems` refuses a
 # zip whose modules import a sibling that is not listed here.
-SHIPPED_MODULES: tuple[str, ...] = ("search.py", "search_embedding.py", "lambda_handler.py")
+SHIPPED_MODULES: tuple[str, ...] = (
+    "search.py",
+    "search_embedding.py",
+    "search_vectors.py",
+    "lambda_handler.py",
+)
 PACKAGE_STUB = b'"""fdnix search code shipped in the Lambda layer; imports nothing on purpose."""\n'
 
 # Lambda's limits, in the bytes its error messages use (250 MiB and 50 MiB).

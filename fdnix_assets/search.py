@@ -53,6 +53,7 @@ from fdnix_assets.search_embedding import (
     QueryEmbedder,
     embedder_for,
 )
+from fdnix_assets.search_vectors import InMemoryVectors
 
 # LanceDB reads this once, when it loads: without it every query logs a warning about the
 # _distance/_score columns.
@@ -185,6 +186,9 @@ TYPO_CHECKS = 200
 PREFIX_CANDIDATES = 40
 DEFAULT_NPROBES = 20
 DEFAULT_REFINE_FACTOR = 5
+# Datasets up to this many rows warm up at once (a few ms); bigger ones in a background
+# thread, queries being answered the slower way until it is done.
+SYNC_VECTOR_LOAD_ROWS = 20_000
 
 # Field weights for BM25. Name words count least here: names have their own evidence
 # (exact, prefix, typo), and a word that is part of many names ("irc", "git") says little
@@ -702,6 +706,11 @@ class PackageSearch:
         self._mask_cache: dict[SearchFilters, tuple[np.ndarray | None, str | None]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="fdnix-search")
+        self._memory_vectors: InMemoryVectors | None = None
+        self._warm_up_thread: threading.Thread | None = None
+        self._warm_up_started = False
+        self._warm = False
+        self.warm_up_errors: list[str] = []
 
         self.embedder = embedder
         self.embedder_note = embedder_note
@@ -717,12 +726,16 @@ class PackageSearch:
         storage_options: Mapping[str, str] | None = None,
         embedder: QueryEmbedder | None = None,
         auto_embedder: bool = True,
+        warm_up: bool = False,
     ) -> PackageSearch:
         """Opens the minified dataset at ``uri`` (a directory or ``s3://`` URI).
 
         Without an ``embedder``, picks the one the dataset's provenance names; when that is
         impossible here (no model files, no credentials), searches use the text indexes
         only and every response says so.
+
+        ``warm_up`` is for processes that answer many queries (the Lambda handler,
+        ``fdnix search -``): see :meth:`warm_up`.
         """
         if "://" not in uri:
             # A local dataset path is usually the store's symbolic link to the latest
@@ -742,7 +755,64 @@ class PackageSearch:
             search._choose_embedder()
         elif embedder is None:
             search.embedder_note = "query embedding disabled; results come from text indexes"
+        if warm_up:
+            search.warm_up()
         return search
+
+    # -- warming up ------------------------------------------------------------------------
+
+    def warm_up(self, background: bool | None = None) -> None:
+        """Prepares a process that answers many queries (a Lambda container, ``fdnix search -``).
+
+        Two things, each about halving its part of a query: the query embedder moves to ONNX
+        Runtime (:meth:`MiniLMQueryEmbedder.compile`, about 200 ms), and the vectors move
+        into memory (:mod:`fdnix_assets.search_vectors`; about 190 MB and a second for the
+        full fixture), so vector search skips LanceDB. By default this runs in a background
+        thread above :data:`SYNC_VECTOR_LOAD_ROWS` rows, queries being answered the slower
+        way meanwhile; :meth:`wait_until_warm` waits for it. What fails is recorded in
+        :attr:`warm_up_errors` and leaves that part as it was.
+        """
+        if self._warm_up_started or self.embedder is None:
+            return
+        self._warm_up_started = True
+        if background is None:
+            background = self.rows > SYNC_VECTOR_LOAD_ROWS
+        if not background:
+            self._warm_up()
+            return
+        self._warm_up_thread = threading.Thread(
+            target=self._warm_up, name="fdnix-search-warm-up", daemon=True
+        )
+        self._warm_up_thread.start()
+
+    def wait_until_warm(self, timeout: float | None = None) -> bool:
+        """Waits for :meth:`warm_up`; whether it has finished."""
+        if self._warm_up_thread is not None:
+            self._warm_up_thread.join(timeout)
+        return self._warm
+
+    @property
+    def vector_backend(self) -> str:
+        """Where vector search runs now: ``memory`` or ``lancedb``."""
+        return "memory" if self._memory_vectors is not None else "lancedb"
+
+    def _warm_up(self) -> None:
+        compile_embedder = getattr(self.embedder, "compile", None)
+        if compile_embedder is not None and not compile_embedder():
+            self.warm_up_errors.append(
+                f"query embedder: {getattr(self.embedder, 'compile_error', 'not compiled')}"
+            )
+        if self.vector_count:
+            try:
+                loaded = (
+                    self.table.search().select(["vector"]).with_row_id(True).limit(None).to_arrow()
+                )
+                if not np.array_equal(loaded["_rowid"].to_numpy(), self.row_ids):
+                    raise SearchError("the vector column came back in another row order")
+                self._memory_vectors = InMemoryVectors.from_arrow(loaded["vector"])
+            except Exception as error:  # anything: LanceDB's index keeps answering
+                self.warm_up_errors.append(f"vectors: {type(error).__name__}: {error}")
+        self._warm = True
 
     def _choose_embedder(self) -> None:
         if not self.model_id:
@@ -771,6 +841,10 @@ class PackageSearch:
             )
 
     def close(self) -> None:
+        # A warm-up thread still reading through LanceDB when the interpreter exits can
+        # crash it: let it finish first.
+        if self._warm_up_thread is not None:
+            self._warm_up_thread.join()
         self._pool.shutdown(wait=False)
 
     # -- filters ---------------------------------------------------------------------------
@@ -896,7 +970,7 @@ class PackageSearch:
             futures: dict[str, Future[Any]] = {}
             if mode == "hybrid":
                 futures["vector"] = self._pool.submit(
-                    _timed, self._vector_candidates, text, where, wanted
+                    _timed, self._vector_candidates, text, where, mask, wanted
                 )
             if use_text:
                 futures["text"] = self._pool.submit(
@@ -1034,9 +1108,12 @@ class PackageSearch:
         ]
 
     def _vector_candidates(
-        self, text: str, where: str | None, wanted: int
+        self, text: str, where: str | None, mask: np.ndarray | None, wanted: int
     ) -> list[tuple[int, float]]:
-        """Nearest packages to the query's embedding, with their cosine similarity."""
+        """Nearest packages to the query's embedding, with their cosine similarity.
+
+        From memory once :meth:`warm_up` has loaded them, else from LanceDB's index.
+        """
         assert self.embedder is not None
         vector = self.embedder.embed(text)
         if vector.shape != (self.model_dimensions,):
@@ -1046,12 +1123,17 @@ class PackageSearch:
             )
         if self.projection is not None:
             vector = self.projection.apply(vector)
+        count = max(VECTOR_CANDIDATES, wanted)
+        memory = self._memory_vectors
+        if memory is not None:
+            rows, similarities = memory.nearest(vector.astype(np.float32), count, mask)
+            return list(zip(rows.tolist(), similarities.tolist(), strict=True))
         builder = self.table.search(
             vector.astype(np.float32), vector_column_name="vector"
         ).distance_type("cosine")
         if self.has_vector_index:
             builder = builder.nprobes(self.nprobes).refine_factor(self.refine_factor)
-        hits = _fetch(builder, where, max(VECTOR_CANDIDATES, wanted), ["_distance"])
+        hits = _fetch(builder, where, count, ["_distance"])
         return [
             (self._row_of(row_id), 1.0 - float(distance))
             for row_id, distance in zip(

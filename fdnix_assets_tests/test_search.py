@@ -23,7 +23,11 @@ from fdnix_assets.search import (
     name_words,
     osa_distance,
 )
-from fdnix_assets.search_embedding import BedrockQueryEmbedder, local_embedder
+from fdnix_assets.search_embedding import (
+    BedrockQueryEmbedder,
+    MiniLMQueryEmbedder,
+    local_model_dir,
+)
 
 from . import search_support
 from .conftest import DEV_QUERIES
@@ -63,7 +67,11 @@ def test_numpy_minilm_matches_sentence_transformers() -> None:
 
     queries = ["git", "take a screenshot", "Café Ünïcode 日本語", "x " * 300]
     reference = load_minilm().encode(queries, normalize_embeddings=True, convert_to_numpy=True)
-    embedder = local_embedder()
+    # Not the process's shared embedder, which a warm-up may have compiled.
+    model_dir = local_model_dir()
+    assert model_dir is not None
+    embedder = MiniLMQueryEmbedder(model_dir)
+    assert embedder.runtime == "numpy"
     for query, expected in zip(queries, reference, strict=True):
         embedder.clear_cache()
         vector = embedder.embed(query)

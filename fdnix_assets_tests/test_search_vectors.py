@@ -385,15 +385,6 @@ def test_scan_results_are_best_first(monkeypatch: pytest.MonkeyPatch) -> None:
         np.testing.assert_array_equal(same_rows, rows)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "nearest() cuts the re-ranked candidates with np.argpartition, which picks arbitrary "
-        "rows among equal similarities at the cut; the lexsort by row number afterwards only "
-        "orders the rows already chosen. 300 identical rows, count 5 return rows 280-284, not "
-        "0-4."
-    ),
-)
 def test_ties_at_the_cut_keep_the_lowest_row_numbers() -> None:
     index = InMemoryVectors.from_vectors(_rows_at_cosines([0.5] * 300), np.ones(300, dtype=bool))
     rows, _ = index.nearest(_first_axis(), 5)

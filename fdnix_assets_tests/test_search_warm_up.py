@@ -1,0 +1,170 @@
+"""Warming a search process up: the query embedder on ONNX Runtime, the vectors in memory.
+
+Warm or not, a search must rank the same way and honour the same filters; a warm-up that
+cannot happen (no onnxruntime, a failing read) must leave the slower way answering.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fdnix_assets import lambda_handler, search, search_vectors
+from fdnix_assets.search import PackageSearch, SearchFilters
+from fdnix_assets.search_embedding import MiniLMQueryEmbedder, local_model_dir
+
+from . import search_support
+from .conftest import DEV_QUERIES
+
+QUERIES = [
+    "git",
+    "take a screenshot",
+    "terminal multiplexer",
+    "Café Ünïcode 日本語",
+    "python orm",
+    "x " * 300,
+]
+
+
+@pytest.fixture(scope="module")
+def minified_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return search_support.sample_minified(tmp_path_factory.getbasetemp())
+
+
+def _model_dir() -> Path:
+    model_dir = local_model_dir()
+    assert model_dir is not None, "the MiniLM model files are part of the test setup"
+    return model_dir
+
+
+def test_the_compiled_query_embedder_gives_the_numpy_vectors() -> None:
+    embedder = MiniLMQueryEmbedder(_model_dir())
+    assert embedder.runtime == "numpy"
+    expected = {query: embedder.embed(query) for query in QUERIES}
+    assert embedder.compile(), embedder.compile_error
+    assert embedder.runtime == "onnxruntime"
+    embedder.clear_cache()
+    for query in QUERIES:
+        vector = embedder.embed(query)
+        assert vector.shape == (384,) and vector.dtype == np.float32
+        np.testing.assert_allclose(vector, expected[query], atol=2e-5, err_msg=query)
+
+
+def test_without_onnxruntime_compiling_says_why_and_numpy_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    embedder = MiniLMQueryEmbedder(_model_dir())
+    assert not embedder.compile()
+    assert embedder.runtime == "numpy"
+    assert "onnxruntime" in (embedder.compile_error or "")
+    assert embedder.embed("git").shape == (384,)
+
+
+def _rankings(engine: PackageSearch, **options: object) -> list[list[str]]:
+    dev = [json.loads(line)["query"] for line in DEV_QUERIES.read_text().splitlines() if line]
+    queries = dev + [query for query in QUERIES if len(query) <= search.MAX_QUERY_CHARS]
+    return [
+        [r.attr_path for r in engine.search(query, limit=10, **options).results]
+        for query in queries
+    ]
+
+
+def test_a_warm_search_ranks_exactly_as_a_cold_one(minified_sample: Path) -> None:
+    engine = PackageSearch.open(str(minified_sample))
+    try:
+        cold = _rankings(engine)
+        cold_vectors_only = _rankings(engine, use_text=False, use_names=False)
+        assert engine.vector_backend == "lancedb"
+        engine.warm_up(background=False)
+        assert engine.wait_until_warm(0) and engine.warm_up_errors == []
+        assert engine.vector_backend == "memory"
+        assert getattr(engine.embedder, "runtime", None) == "onnxruntime"
+        assert _rankings(engine) == cold
+        assert _rankings(engine, use_text=False, use_names=False) == cold_vectors_only
+    finally:
+        engine.close()
+
+
+def test_warm_vector_search_applies_filters_before_the_limit(minified_sample: Path) -> None:
+    engine = PackageSearch.open(str(minified_sample), warm_up=True)
+    try:
+        assert engine.vector_backend == "memory"
+        for filters in (SearchFilters(unfree=True), SearchFilters(licenses=("MIT",))):
+            mask, _ = engine.resolve_filters(filters)
+            assert mask is not None
+            allowed = set(np.asarray(engine.columns["attr_path"])[mask].tolist())
+            found = [
+                r.attr_path
+                for r in engine.search(
+                    "take a screenshot",
+                    limit=20,
+                    filters=filters,
+                    use_text=False,
+                    use_names=False,
+                ).results
+            ]
+            assert found and set(found) <= allowed
+            assert len(found) == min(20, len(allowed))
+    finally:
+        engine.close()
+
+
+def test_a_big_dataset_warms_up_in_the_background_while_answering(
+    minified_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(search, "SYNC_VECTOR_LOAD_ROWS", 0)
+    engine = PackageSearch.open(str(minified_sample), warm_up=True)
+    try:
+        assert engine.search("git", limit=3).results[0].attr_path == "git"
+        assert engine.wait_until_warm(120)
+        assert engine.vector_backend == "memory" and engine.warm_up_errors == []
+        assert engine.search("take a screenshot").mode == "hybrid"
+    finally:
+        engine.close()
+
+
+def test_a_failed_warm_up_leaves_lancedb_answering(
+    minified_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreadable(column: object) -> search_vectors.InMemoryVectors:
+        raise OSError("simulated read failure")
+
+    monkeypatch.setattr(search_vectors.InMemoryVectors, "from_arrow", unreadable)
+    engine = PackageSearch.open(str(minified_sample))
+    try:
+        cold = _rankings(engine)
+        engine.warm_up(background=False)
+        assert engine.vector_backend == "lancedb"
+        assert engine.warm_up_errors == ["vectors: OSError: simulated read failure"]
+        assert _rankings(engine) == cold
+    finally:
+        engine.close()
+
+
+def test_a_text_only_search_has_nothing_to_warm_up(minified_sample: Path) -> None:
+    engine = PackageSearch.open(str(minified_sample), auto_embedder=False, warm_up=True)
+    try:
+        assert not engine.wait_until_warm(0)
+        assert engine.vector_backend == "lancedb"
+        assert engine.search("git").mode == "text"
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled"),
+    [(None, True), ("true", True), ("1", True), ("false", False), ("0", False), ("No", False)],
+)
+def test_the_lambda_handler_warms_up_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, enabled: bool
+) -> None:
+    if value is None:
+        monkeypatch.delenv("FDNIX_WARM_UP", raising=False)
+    else:
+        monkeypatch.setenv("FDNIX_WARM_UP", value)
+    assert lambda_handler.warm_up_enabled() is enabled
