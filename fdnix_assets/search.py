@@ -180,6 +180,8 @@ MAX_FILTER_VALUES = 20
 # Retrieval depths: how many candidates each kind of evidence contributes.
 TEXT_CANDIDATES = 40
 VECTOR_CANDIDATES = 50
+# How deep the retrievals go when a page reaches past the packages those depths find.
+DEEP_CANDIDATES = MAX_OFFSET + MAX_LIMIT
 FUZZY_CANDIDATES = 40
 # Names whose pair signatures are closest to a typo'd query, checked by edit distance.
 TYPO_CHECKS = 200
@@ -432,6 +434,16 @@ class SearchResponse:
             "limit": self.limit,
             "results": [result.as_dict() for result in self.results],
         }
+
+
+@dataclass
+class _Gathered:
+    """The candidates of one search with their evidence, and how they were found."""
+
+    evidence: dict[int, _Evidence]
+    mode: str
+    note: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -953,70 +965,94 @@ class PackageSearch:
         if not 0 <= offset <= MAX_OFFSET:
             raise InvalidQuery(f"offset must be between 0 and {MAX_OFFSET}, not {offset}")
         mask, where = self.resolve_filters(filters or SearchFilters())
-        nothing_allowed = mask is not None and not mask.any()
-        timings: dict[str, float] = {}
-        evidence: dict[int, _Evidence] = {}
         wanted = offset + limit
-        mode, note = "hybrid", None
-        if not use_vectors:
-            mode = "text"
-        elif self.embedder is None:
-            mode = "text"
-            note = self.embedder_note or "no query embedding available; text indexes only"
-
-        if not nothing_allowed:
-            # LanceDB runs each query in Rust without the GIL: the vector search (with the
-            # query embedding), BM25 and the typo lookup overlap.
-            futures: dict[str, Future[Any]] = {}
-            if mode == "hybrid":
-                futures["vector"] = self._pool.submit(
-                    _timed, self._vector_candidates, text, where, mask, wanted
-                )
-            if use_text:
-                futures["text"] = self._pool.submit(
-                    _timed, self._text_candidates, text, where, wanted
-                )
-            if use_names:
-                mark = time.perf_counter()
-                exact_found, prefix_found = self._name_candidates(text, mask, evidence)
-                timings["names"] = _ms(mark)
-                # A name the query equals or begins is what was meant; typos are looked for
-                # only when neither exists (the fuzzy lookup is the slowest part of a search).
-                if not (exact_found or prefix_found) and _fuzzy_eligible(text):
-                    futures["typo"] = self._pool.submit(
-                        _timed, self._typo_candidates, text, where, mask
-                    )
-            for kind, future in futures.items():
-                try:
-                    hits, milliseconds = future.result()
-                except EmbedderUnavailable as error:
-                    mode = "text"
-                    note = f"query embedding failed ({error}); text indexes only"
-                    continue
-                timings[kind] = milliseconds
-                for row, value in hits:
-                    entry = evidence.setdefault(row, _Evidence())
-                    entry.matched.add("semantic" if kind == "vector" else kind)
-                    if kind == "vector":
-                        entry.vector = max(entry.vector, value)
-                    elif kind == "text":
-                        entry.text = max(entry.text, value)
-                    else:
-                        entry.name = max(entry.name, value)
-
-        ranked = self._rank(evidence, self._ecosystems_named(text))
+        ecosystems = self._ecosystems_named(text)
+        kinds = {"vector": use_vectors, "text": use_text, "names": use_names}
+        found = self._gather(text, mask, where, kinds, TEXT_CANDIDATES, VECTOR_CANDIDATES)
+        ranked = self._rank(found.evidence, ecosystems)
+        if len(ranked) < wanted and found.evidence:
+            # Past what the usual depths find: retrieve deeper and rank the packages that
+            # adds after the others. The first packages are scored from the same evidence
+            # whatever the limit, so a bigger page or the next one never reorders them.
+            deeper = self._gather(
+                text, mask, where, {**kinds, "names": False}, DEEP_CANDIDATES, DEEP_CANDIDATES
+            )
+            found.timings["deeper"] = deeper.timings["total"]
+            added = {r: e for r, e in deeper.evidence.items() if r not in found.evidence}
+            ranked += self._rank(added, ecosystems)
+            found.evidence.update(added)
         page = ranked[offset : offset + limit]
-        results = self._materialize(page, evidence)
-        timings["total"] = _ms(started)
+        results = self._materialize(page, found.evidence)
+        found.timings["total"] = _ms(started)
         return SearchResponse(
             query=text,
             results=results,
-            mode=mode,
-            note=note,
+            mode=found.mode,
+            note=found.note,
             offset=offset,
             limit=limit,
-            timings_ms=timings,
+            timings_ms=found.timings,
         )
+
+    def _gather(
+        self,
+        text: str,
+        mask: np.ndarray | None,
+        where: str | None,
+        kinds: Mapping[str, bool],
+        text_depth: int,
+        vector_depth: int,
+    ) -> _Gathered:
+        """Every candidate package with its evidence, from the kinds of evidence asked for."""
+        started = time.perf_counter()
+        found = _Gathered(evidence={}, mode="hybrid" if kinds["vector"] else "text")
+        if kinds["vector"] and self.embedder is None:
+            found.mode = "text"
+            found.note = self.embedder_note or "no query embedding available; text indexes only"
+        if mask is not None and not mask.any():
+            found.timings["total"] = _ms(started)
+            return found
+        evidence = found.evidence
+        # LanceDB runs each query in Rust without the GIL: the vector search (with the query
+        # embedding), BM25 and the typo lookup overlap.
+        futures: dict[str, Future[Any]] = {}
+        if found.mode == "hybrid":
+            futures["vector"] = self._pool.submit(
+                _timed, self._vector_candidates, text, where, mask, vector_depth
+            )
+        if kinds["text"]:
+            futures["text"] = self._pool.submit(
+                _timed, self._text_candidates, text, where, text_depth
+            )
+        if kinds["names"]:
+            mark = time.perf_counter()
+            exact_found, prefix_found = self._name_candidates(text, mask, evidence)
+            found.timings["names"] = _ms(mark)
+            # A name the query equals or begins is what was meant; typos are looked for only
+            # when neither exists (the fuzzy lookup is the slowest part of a search).
+            if not (exact_found or prefix_found) and _fuzzy_eligible(text):
+                futures["typo"] = self._pool.submit(
+                    _timed, self._typo_candidates, text, where, mask
+                )
+        for kind, future in futures.items():
+            try:
+                hits, milliseconds = future.result()
+            except EmbedderUnavailable as error:
+                found.mode = "text"
+                found.note = f"query embedding failed ({error}); text indexes only"
+                continue
+            found.timings[kind] = milliseconds
+            for row, value in hits:
+                entry = evidence.setdefault(row, _Evidence())
+                entry.matched.add("semantic" if kind == "vector" else kind)
+                if kind == "vector":
+                    entry.vector = max(entry.vector, value)
+                elif kind == "text":
+                    entry.text = max(entry.text, value)
+                else:
+                    entry.name = max(entry.name, value)
+        found.timings["total"] = _ms(started)
+        return found
 
     def _name_candidates(
         self, text: str, mask: np.ndarray | None, evidence: dict[int, _Evidence]
@@ -1090,14 +1126,12 @@ class PackageSearch:
             found.append((row, _typo_score(key, distance, kind)))
         return found
 
-    def _text_candidates(
-        self, text: str, where: str | None, wanted: int
-    ) -> list[tuple[int, float]]:
+    def _text_candidates(self, text: str, where: str | None, depth: int) -> list[tuple[int, float]]:
         """BM25 over names, description and long description, relative to the best hit."""
         columns = list(TEXT_BOOSTS)
         query = MultiMatchQuery(text, columns, boosts=[TEXT_BOOSTS[c] for c in columns])
         builder = self.table.search(query, query_type="fts")
-        hits = _fetch(builder, where, max(TEXT_CANDIDATES, wanted), ["_score"])
+        hits = _fetch(builder, where, depth, ["_score"])
         if hits.num_rows == 0:
             return []
         scores = hits["_score"].to_numpy()
@@ -1108,7 +1142,7 @@ class PackageSearch:
         ]
 
     def _vector_candidates(
-        self, text: str, where: str | None, mask: np.ndarray | None, wanted: int
+        self, text: str, where: str | None, mask: np.ndarray | None, depth: int
     ) -> list[tuple[int, float]]:
         """Nearest packages to the query's embedding, with their cosine similarity.
 
@@ -1123,17 +1157,16 @@ class PackageSearch:
             )
         if self.projection is not None:
             vector = self.projection.apply(vector)
-        count = max(VECTOR_CANDIDATES, wanted)
         memory = self._memory_vectors
         if memory is not None:
-            rows, similarities = memory.nearest(vector.astype(np.float32), count, mask)
+            rows, similarities = memory.nearest(vector.astype(np.float32), depth, mask)
             return list(zip(rows.tolist(), similarities.tolist(), strict=True))
         builder = self.table.search(
             vector.astype(np.float32), vector_column_name="vector"
         ).distance_type("cosine")
         if self.has_vector_index:
             builder = builder.nprobes(self.nprobes).refine_factor(self.refine_factor)
-        hits = _fetch(builder, where, count, ["_distance"])
+        hits = _fetch(builder, where, depth, ["_distance"])
         return [
             (self._row_of(row_id), 1.0 - float(distance))
             for row_id, distance in zip(

@@ -132,6 +132,21 @@ def test_offset_pages_through_the_same_ranking(engine: PackageSearch) -> None:
     assert top(engine, "python http client", limit=5, offset=5) == everything[5:]
 
 
+@pytest.mark.parametrize("query", ["take a screenshot", "python http client", "library"])
+def test_a_bigger_page_or_a_later_one_never_reorders_the_first(
+    engine: PackageSearch, query: str
+) -> None:
+    # Up to 100 results come from the usual retrieval depths; beyond them (these queries
+    # match hundreds of the sample's packages), deeper retrievals add packages after those.
+    first_ten = top(engine, query, limit=10)
+    first_hundred = top(engine, query, limit=100)
+    assert first_hundred[:10] == first_ten
+    pages = [path for offset in (0, 100, 200) for path in top(engine, query, 100, offset=offset)]
+    assert pages[:100] == first_hundred
+    assert len(pages) > 150, "the deeper retrieval found nothing more"
+    assert len(pages) == len(set(pages)), "a package came back on two pages"
+
+
 def test_license_filter_applies_before_the_limit(engine: PackageSearch) -> None:
     response = engine.search("python", limit=10, filters=SearchFilters(licenses=("asl20",)))
     assert len(response.results) == 10
