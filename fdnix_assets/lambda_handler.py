@@ -22,7 +22,9 @@ embeds queries with ``InvokeModel``; one embedded locally with MiniLM is searche
 alone unless the model files are available. A container answers many requests, so opening
 also warms it up in the background (``PackageSearch.warm_up``: vectors in memory, the
 query embedder on ONNX Runtime when installed), which needs about 200 MB more memory for
-the full dataset; ``FDNIX_WARM_UP=false`` turns that off for a small function.
+the full dataset: a function configured with less than :data:`WARM_UP_MIN_MEMORY_MB`
+(``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``) does not warm up, and ``FDNIX_WARM_UP=true|false``
+decides either way.
 
 Imports nothing from fdnix_assets but the search modules (the layer ships only those).
 """
@@ -51,6 +53,8 @@ from fdnix_assets.search import (
 
 DEFAULT_DATASET_PATH = "/opt/fdnix/fdnix.lancedb"
 DEFAULT_LIMIT = 10
+# Below this much function memory the warm-up's ~200 MB could push a container out of memory.
+WARM_UP_MIN_MEMORY_MB = 1024
 MAX_PARAMETER_CHARS = 512
 MAX_PARAMETERS = 16
 ALLOWED_PARAMETERS = frozenset({"q", "limit", "offset", "license", "platform", *FLAGS})
@@ -75,7 +79,20 @@ def dataset_path() -> str:
 
 
 def warm_up_enabled() -> bool:
-    return os.environ.get("FDNIX_WARM_UP", "true").strip().lower() not in ("0", "false", "no")
+    """FDNIX_WARM_UP when set; else whether the function has the memory to warm up."""
+    configured = os.environ.get("FDNIX_WARM_UP", "").strip().lower()
+    if configured:
+        return configured not in ("0", "false", "no")
+    memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "").strip()
+    if memory.isdigit() and int(memory) < WARM_UP_MIN_MEMORY_MB:
+        logger.info(
+            "not warming up: the function has %s MB, warming up wants %d MB or more "
+            "(FDNIX_WARM_UP=true forces it)",
+            memory,
+            WARM_UP_MIN_MEMORY_MB,
+        )
+        return False
+    return True
 
 
 def engine() -> PackageSearch:

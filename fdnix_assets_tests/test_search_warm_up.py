@@ -157,14 +157,24 @@ def test_a_text_only_search_has_nothing_to_warm_up(minified_sample: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    ("value", "enabled"),
-    [(None, True), ("true", True), ("1", True), ("false", False), ("0", False), ("No", False)],
+    ("warm_up", "memory_mb", "enabled"),
+    [
+        (None, None, True),
+        (None, "1769", True),
+        (None, "512", False),
+        ("true", "512", True),
+        ("1", None, True),
+        ("false", "4096", False),
+        ("0", None, False),
+        ("No", None, False),
+    ],
 )
-def test_the_lambda_handler_warms_up_unless_told_not_to(
-    monkeypatch: pytest.MonkeyPatch, value: str | None, enabled: bool
+def test_the_lambda_handler_warms_up_when_the_function_has_the_memory(
+    monkeypatch: pytest.MonkeyPatch, warm_up: str | None, memory_mb: str | None, enabled: bool
 ) -> None:
-    if value is None:
-        monkeypatch.delenv("FDNIX_WARM_UP", raising=False)
-    else:
-        monkeypatch.setenv("FDNIX_WARM_UP", value)
+    for name, value in (("FDNIX_WARM_UP", warm_up), ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mb)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     assert lambda_handler.warm_up_enabled() is enabled
