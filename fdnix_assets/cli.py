@@ -136,6 +136,8 @@ def run_search(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO
         return EXIT_USAGE
     finally:
         engine.close()
+        for problem in engine.warm_up_errors:
+            err.write(f"fdnix search: warming up: {problem}; searched without it\n")
     if args.json:
         out.write(json.dumps([r.as_dict() for r in response.results], ensure_ascii=False) + "\n")
     else:

@@ -113,5 +113,18 @@ def test_search_from_an_s3_uri_follows_the_latest_pointer(
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)[0]["attr_path"] == "gnumeric"
+    # Reading queries from stdin warms up: the vectors come into memory over S3 too.
+    batch = fdnix(
+        "search",
+        "-",
+        "--dataset",
+        f"s3://{s3_bucket}/snapshots/fdnix.lancedb",
+        "--json",
+        stdin="gnumerc\ntake a screenshot\n",
+    )
+    assert batch.returncode == 0, batch.stderr
+    first, second = (json.loads(line) for line in batch.stdout.splitlines())
+    assert first == json.loads(done.stdout)
+    assert second and batch.stderr == "", batch.stderr
     empty = fdnix("search", "git", "--dataset", f"s3://{s3_bucket}/nothing/here")
     assert empty.returncode == 1 and "no dataset snapshot" in empty.stderr
