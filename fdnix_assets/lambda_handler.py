@@ -17,7 +17,8 @@ message and never a stack trace; filter values reach LanceDB only as values the 
 itself holds, escaped.
 
 The dataset is opened once per container from ``FDNIX_DATASET_PATH`` (default
-``/opt/fdnix/fdnix.lancedb``, where the layer puts it). A dataset embedded with Bedrock
+``/opt/fdnix/fdnix.lancedb``, where the layer puts it): in Lambda while the container
+initializes, elsewhere by the first request. A dataset embedded with Bedrock
 embeds queries with ``InvokeModel``; one embedded locally with MiniLM is searched by text
 alone unless the model files are available. A container answers many requests, so opening
 also warms it up in the background (``PackageSearch.warm_up``: vectors in memory, the
@@ -237,9 +238,27 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     return result
 
 
+def _open_during_init() -> None:
+    """Opens the dataset while Lambda initializes the container, not in its first request.
+
+    Lambda runs module code before the first invocation with a full CPU burst and freezes
+    the container between invocations, pausing any background thread: starting the open
+    and the warm-up here gets them done before, or while, the first request runs. A failure
+    is left for that request to report (engine() retries the open).
+    """
+    try:
+        engine()
+    except Exception:  # the first request answers 503 and logs why
+        logger.exception("opening the search dataset during initialization failed")
+
+
 def decode_body(response: Mapping[str, Any]) -> Any:
     """The JSON body of a handler response (base64 or not), for callers and tests."""
     body = response.get("body") or ""
     if response.get("isBase64Encoded"):
         body = base64.b64decode(body).decode()
     return json.loads(body) if body else None
+
+
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    _open_during_init()

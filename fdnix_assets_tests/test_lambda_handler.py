@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -253,6 +256,41 @@ def test_dataset_loads_once_per_container(dataset: Path) -> None:
     first = lambda_handler._engine
     call(http(q="curl"))
     assert lambda_handler._engine is first is not None
+
+
+INIT_SCRIPT = """
+import json, sys
+from fdnix_assets import lambda_handler
+opened = lambda_handler._engine is not None
+response = lambda_handler.handler({"queryStringParameters": {"q": "git", "limit": "1"}}, None)
+print(json.dumps({"opened_at_import": opened, "status": response["statusCode"],
+                  "body": lambda_handler.decode_body(response)}))
+"""
+
+
+@pytest.mark.parametrize("present", [True, False], ids=["dataset", "no-dataset"])
+def test_in_lambda_the_dataset_opens_while_the_container_initializes(
+    dataset: Path, tmp_path: Path, present: bool
+) -> None:
+    # A fresh interpreter, as Lambda imports the handler module (AWS_LAMBDA_FUNCTION_NAME set).
+    env = {
+        **os.environ,
+        "AWS_LAMBDA_FUNCTION_NAME": "fdnix-search",
+        "FDNIX_DATASET_PATH": str(dataset if present else tmp_path / "absent"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", INIT_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if present:
+        assert result["opened_at_import"] and result["status"] == 200
+        assert result["body"]["results"][0]["attr_path"] == "git"
+    else:
+        # Importing never fails: the first request reports the missing dataset.
+        assert not result["opened_at_import"] and result["status"] == 503
+        assert "opening the search dataset during initialization failed" in done.stderr
 
 
 def test_local_model_dataset_without_model_files_answers_from_text(
