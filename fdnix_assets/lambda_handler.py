@@ -56,6 +56,9 @@ DEFAULT_DATASET_PATH = "/opt/fdnix/fdnix.lancedb"
 DEFAULT_LIMIT = 10
 # Below this much function memory the warm-up's ~200 MB could push a container out of memory.
 WARM_UP_MIN_MEMORY_MB = 1024
+# The share of the function's memory the warm-up may fill with vectors: the rest is for the
+# open dataset's columns, LanceDB, the query model and the request.
+WARM_UP_VECTOR_SHARE = 0.35
 MAX_PARAMETER_CHARS = 512
 MAX_PARAMETERS = 16
 ALLOWED_PARAMETERS = frozenset({"q", "limit", "offset", "license", "platform", *FLAGS})
@@ -96,12 +99,22 @@ def warm_up_enabled() -> bool:
     return True
 
 
+def vector_memory_budget() -> int | None:
+    """Bytes of the function's memory the warm-up may spend on vectors (None outside Lambda)."""
+    memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "").strip()
+    if not memory.isdigit():
+        return None
+    return int(int(memory) * 1024 * 1024 * WARM_UP_VECTOR_SHARE)
+
+
 def engine() -> PackageSearch:
     """The container's open dataset (opened by the first request, reused by the rest)."""
     global _engine
     with _engine_lock:
         if _engine is None:
-            _engine = PackageSearch.open(dataset_path(), warm_up=warm_up_enabled())
+            _engine = PackageSearch.open(dataset_path())
+            if warm_up_enabled():
+                _engine.warm_up(memory_budget_bytes=vector_memory_budget())
         return _engine
 
 

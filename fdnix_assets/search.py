@@ -53,7 +53,7 @@ from fdnix_assets.search_embedding import (
     QueryEmbedder,
     embedder_for,
 )
-from fdnix_assets.search_vectors import InMemoryVectors
+from fdnix_assets.search_vectors import InMemoryVectors, memory_bytes
 
 # LanceDB reads this once, when it loads: without it every query logs a warning about the
 # _distance/_score columns.
@@ -721,6 +721,7 @@ class PackageSearch:
         self._memory_vectors: InMemoryVectors | None = None
         self._warm_up_thread: threading.Thread | None = None
         self._warm_up_started = False
+        self._memory_budget_bytes: int | None = None
         self._warm = False
         self.warm_up_errors: list[str] = []
 
@@ -773,7 +774,9 @@ class PackageSearch:
 
     # -- warming up ------------------------------------------------------------------------
 
-    def warm_up(self, background: bool | None = None) -> None:
+    def warm_up(
+        self, background: bool | None = None, memory_budget_bytes: int | None = None
+    ) -> None:
         """Prepares a process that answers many queries (a Lambda container, ``fdnix search -``).
 
         Two things, each about halving its part of a query: the query embedder moves to ONNX
@@ -782,11 +785,14 @@ class PackageSearch:
         full fixture), so vector search skips LanceDB. By default this runs in a background
         thread above :data:`SYNC_VECTOR_LOAD_ROWS` rows, queries being answered the slower
         way meanwhile; :meth:`wait_until_warm` waits for it. What fails is recorded in
-        :attr:`warm_up_errors` and leaves that part as it was.
+        :attr:`warm_up_errors` and leaves that part as it was, and so are vectors that would
+        take more than ``memory_budget_bytes`` (:func:`search_vectors.memory_bytes`: 1,024
+        Titan dimensions need 2.7 times what 384 MiniLM ones do).
         """
         if self._warm_up_started or self.embedder is None:
             return
         self._warm_up_started = True
+        self._memory_budget_bytes = memory_budget_bytes
         if background is None:
             background = self.rows > SYNC_VECTOR_LOAD_ROWS
         if not background:
@@ -814,7 +820,14 @@ class PackageSearch:
             self.warm_up_errors.append(
                 f"query embedder: {getattr(self.embedder, 'compile_error', 'not compiled')}"
             )
-        if self.vector_count:
+        needed = memory_bytes(self.rows, self.vector_dimensions)
+        budget = self._memory_budget_bytes
+        if self.vector_count and budget is not None and needed > budget:
+            self.warm_up_errors.append(
+                f"vectors: holding them takes {needed / 1e6:,.0f} MB, over the "
+                f"{budget / 1e6:,.0f} MB budget; LanceDB's index answers"
+            )
+        elif self.vector_count:
             try:
                 loaded = (
                     self.table.search().select(["vector"]).with_row_id(True).limit(None).to_arrow()

@@ -147,6 +147,11 @@ class InMemoryVectors:
         return candidates[order].astype(np.int64), similarity[order]
 
 
+def memory_bytes(rows: int, dimensions: int) -> int:
+    """What :meth:`InMemoryVectors.from_arrow` holds for ``rows`` vectors of ``dimensions``."""
+    return rows * (dimensions * 4 + _code_bytes(dimensions) + 1)
+
+
 def _code_bytes(dimensions: int) -> int:
     """Bytes of a sign code, rounded up to whole 64-bit words."""
     return -(-dimensions // 64) * 8

@@ -178,3 +178,39 @@ def test_the_lambda_handler_warms_up_when_the_function_has_the_memory(
         else:
             monkeypatch.setenv(name, value)
     assert lambda_handler.warm_up_enabled() is enabled
+
+
+def test_vectors_over_the_memory_budget_stay_in_lancedb(minified_sample: Path) -> None:
+    engine = PackageSearch.open(str(minified_sample))
+    try:
+        needed = search_vectors.memory_bytes(engine.rows, engine.vector_dimensions)
+        engine.warm_up(background=False, memory_budget_bytes=needed - 1)
+        assert engine.vector_backend == "lancedb"
+        assert len(engine.warm_up_errors) == 1 and "over the" in engine.warm_up_errors[0]
+        assert getattr(engine.embedder, "runtime", None) == "onnxruntime"
+    finally:
+        engine.close()
+    engine = PackageSearch.open(str(minified_sample))
+    try:
+        engine.warm_up(background=False, memory_budget_bytes=needed)
+        assert engine.vector_backend == "memory" and engine.warm_up_errors == []
+        assert engine._memory_vectors is not None
+        assert engine._memory_vectors.nbytes == needed
+    finally:
+        engine.close()
+
+
+def test_the_lambda_vector_budget_is_a_share_of_the_function_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", raising=False)
+    assert lambda_handler.vector_memory_budget() is None
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
+    expected = int(2048 * 1024 * 1024 * lambda_handler.WARM_UP_VECTOR_SHARE)
+    assert lambda_handler.vector_memory_budget() == expected
+    # 120k MiniLM vectors fit a 1,024 MB function; as many 1,024-dimension Titan ones do not.
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+    budget = lambda_handler.vector_memory_budget()
+    assert budget is not None
+    assert search_vectors.memory_bytes(120_000, 384) < budget
+    assert search_vectors.memory_bytes(120_000, 1024) > budget
