@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fdnix_assets import search as fmt
+from fdnix_assets.search_vectors import vector_rows
 
 if TYPE_CHECKING:
     from lancedb.index import FTS
@@ -371,9 +372,7 @@ def minified_vectors(
     if count == 0:
         empty = pa.nulls(len(vectors), fmt.vector_type(dimensions or source_dimensions))
         return empty, None, 0
-    start = vectors.offset * source_dimensions
-    flat = vectors.values.slice(start, len(vectors) * source_dimensions)
-    dense = flat.to_numpy(zero_copy_only=False).reshape(len(vectors), source_dimensions)
+    dense = vector_rows(vectors)
     projection = None
     if dimensions is not None and dimensions != source_dimensions:
         projection = fit_projection(dense[valid].astype(np.float32), dimensions)

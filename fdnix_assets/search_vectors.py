@@ -26,7 +26,7 @@ import pyarrow as pa
 from fdnix_assets.search_embedding import single_threaded_blas
 
 RERANK_CANDIDATES = 2_500
-# Rows converted at a time when loading: bounds the float temporaries to a few MB.
+# Rows coded at a time when loading: bounds the comparison's temporaries to a few MB.
 LOAD_BLOCK_ROWS = 16_384
 _FAR = np.iinfo(np.uint16).max
 # One product of a few thousand rows: BLAS threads would cost more (and spin on the core the
@@ -76,13 +76,9 @@ class InMemoryVectors:
         start = 0
         for chunk in chunks:
             count = len(chunk)
-            values = chunk.values.slice(chunk.offset * dimensions, count * dimensions)
-            dense = values.to_numpy(zero_copy_only=False).reshape(count, dimensions)
-            valid = np.asarray(chunk.is_valid(), dtype=bool)
-            for offset in range(0, count, LOAD_BLOCK_ROWS):
-                block = slice(offset, min(offset + LOAD_BLOCK_ROWS, count))
-                vectors[start + block.start : start + block.stop] = dense[block]
-            present[start : start + count] = valid
+            # Assigning converts in place, a few thousand values at a time.
+            vectors[start : start + count] = vector_rows(chunk)
+            present[start : start + count] = np.asarray(chunk.is_valid(), dtype=bool)
             start += count
         vectors[~present] = 0.0
         norms = np.linalg.norm(vectors, axis=1)
@@ -145,6 +141,17 @@ class InMemoryVectors:
         # the cut (identical descriptions are common), the lowest rows are kept.
         order = np.lexsort((candidates, -similarity))[:count]
         return candidates[order].astype(np.int64), similarity[order]
+
+
+def vector_rows(vectors: pa.FixedSizeListArray) -> np.ndarray:
+    """A fixed-size-list array's values as a ``(rows, dimensions)`` matrix, without a copy.
+
+    A fixed-size list stores every row, null or not, so the matrix has a row for each (what
+    a null row holds is unspecified: mask it with ``is_valid()``).
+    """
+    dimensions = vectors.type.list_size
+    flat = vectors.values.slice(vectors.offset * dimensions, len(vectors) * dimensions)
+    return flat.to_numpy(zero_copy_only=False).reshape(len(vectors), dimensions)
 
 
 def memory_bytes(rows: int, dimensions: int) -> int:
