@@ -87,10 +87,10 @@ def warm_up_enabled() -> bool:
     configured = os.environ.get("FDNIX_WARM_UP", "").strip().lower()
     if configured:
         return configured not in ("0", "false", "no")
-    memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "").strip()
-    if memory.isdigit() and int(memory) < WARM_UP_MIN_MEMORY_MB:
+    memory = function_memory_mb()
+    if memory is not None and memory < WARM_UP_MIN_MEMORY_MB:
         logger.info(
-            "not warming up: the function has %s MB, warming up wants %d MB or more "
+            "not warming up: the function has %d MB, warming up wants %d MB or more "
             "(FDNIX_WARM_UP=true forces it)",
             memory,
             WARM_UP_MIN_MEMORY_MB,
@@ -101,14 +101,19 @@ def warm_up_enabled() -> bool:
 
 def vector_memory_budget() -> int | None:
     """Bytes of the function's memory the warm-up may spend on vectors (None outside Lambda)."""
+    memory = function_memory_mb()
+    return None if memory is None else int(memory * 1024 * 1024 * WARM_UP_VECTOR_SHARE)
+
+
+def function_memory_mb() -> int | None:
+    """The memory Lambda gives the function (AWS_LAMBDA_FUNCTION_MEMORY_SIZE), if it says."""
     memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "").strip()
-    if not memory.isdigit():
-        return None
-    return int(int(memory) * 1024 * 1024 * WARM_UP_VECTOR_SHARE)
+    return int(memory) if memory.isdigit() else None
 
 
 def engine() -> PackageSearch:
-    """The container's open dataset (opened by the first request, reused by the rest)."""
+    """The container's open dataset, opened once (in Lambda, while the container initializes)
+    and warmed up unless :func:`warm_up_enabled` says otherwise."""
     global _engine
     with _engine_lock:
         if _engine is None:

@@ -1170,13 +1170,12 @@ class PackageSearch:
             )
         if self.projection is not None:
             vector = self.projection.apply(vector)
+        vector = vector.astype(np.float32, copy=False)
         memory = self._memory_vectors
         if memory is not None:
-            rows, similarities = memory.nearest(vector.astype(np.float32), depth, mask)
+            rows, similarities = memory.nearest(vector, depth, mask)
             return list(zip(rows.tolist(), similarities.tolist(), strict=True))
-        builder = self.table.search(
-            vector.astype(np.float32), vector_column_name="vector"
-        ).distance_type("cosine")
+        builder = self.table.search(vector, vector_column_name="vector").distance_type("cosine")
         if self.has_vector_index:
             builder = builder.nprobes(self.nprobes).refine_factor(self.refine_factor)
         hits = _fetch(builder, where, depth, ["_distance"])
