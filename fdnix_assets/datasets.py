@@ -141,18 +141,16 @@ def read_vectors_for_reuse(snapshot: Snapshot | None, dimensions: int) -> pa.Tab
         return None
     # Only rows that have a vector: a dataset not yet embedded would otherwise hand over
     # 1.5 kB of null-vector zeros per row.
-    return (
-        table.search()
-        .where("vector IS NOT NULL")
-        .select(["content_hash", "vector"])
-        .limit(None)
-        .to_arrow()
-    )
+    return read_columns(table, ["content_hash", "vector"], where="vector IS NOT NULL")
 
 
-def read_columns(table: Any, columns: list[str]) -> pa.Table:
-    """Only the named columns of every row (``to_arrow`` would read them all)."""
-    return table.search().select(columns).limit(None).to_arrow()
+def read_columns(table: Any, columns: list[str], where: str | None = None) -> pa.Table:
+    """Only the named columns of every row, or of the rows ``where`` keeps (``to_arrow``
+    would read every column)."""
+    query = table.search()
+    if where is not None:
+        query = query.where(where)
+    return query.select(columns).limit(None).to_arrow()
 
 
 def column_schema(schema: pa.Schema) -> Any:
