@@ -321,14 +321,18 @@ class S3DatasetStore(DatasetStore):
 
     def read_pointer(self) -> SnapshotPointer | None:
         """The pointer object, or None when none was written yet."""
+        return self._pointer_and_etag()[0]
+
+    def _pointer_and_etag(self) -> tuple[SnapshotPointer | None, str | None]:
+        """The pointer and the ETag of the object it was read from (None, None: no pointer)."""
         with self._s3_errors(f"reading the snapshot pointer {self.location}"):
             try:
-                raw = self._get_bytes(self.pointer_key)
+                raw, etag = self._get_object(self.pointer_key)
             except ClientError as error:
                 if _error_code(error) in ("NoSuchKey", "404"):
-                    return None
+                    return None, None
                 raise
-        return SnapshotPointer.from_json(raw, self.location)
+        return SnapshotPointer.from_json(raw, self.location), etag
 
     def latest(self) -> Snapshot | None:
         pointer = self.read_pointer()
@@ -617,11 +621,12 @@ class S3DatasetStore(DatasetStore):
                 if attempt == STREAM_ATTEMPTS:
                     raise
 
-    def _get_bytes(self, key: str) -> bytes:
-        """A small object's bytes; a body that breaks half way is fetched again."""
+    def _get_object(self, key: str) -> tuple[bytes, str]:
+        """A small object's bytes and ETag; a body that breaks half way is fetched again."""
         for attempt in range(1, STREAM_ATTEMPTS + 1):
             try:
-                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                response = self.client.get_object(Bucket=self.bucket, Key=key)
+                return response["Body"].read(), str(response["ETag"])
             except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError):
                 # botocore retries requests, not a body stream that breaks half way.
                 if attempt == STREAM_ATTEMPTS:
@@ -661,7 +666,7 @@ class S3DatasetStore(DatasetStore):
         key = self.manifest_key(snapshot_id)
         with self._s3_errors(f"reading s3://{self.bucket}/{key}"):
             try:
-                return self._get_bytes(key)
+                return self._get_object(key)[0]
             except ClientError as error:
                 if _error_code(error) in ("NoSuchKey", "404"):
                     return None
@@ -673,8 +678,7 @@ class S3DatasetStore(DatasetStore):
         Compare-and-set: the write is conditional on the pointer object being the one read.
         """
         for _ in range(POINTER_WRITE_ATTEMPTS):
-            etag = self._pointer_etag()
-            current = self.read_pointer() if etag is not None else None
+            current, etag = self._pointer_and_etag()
             if current is not None and current.snapshot_id > pointer.snapshot_id:
                 return current.snapshot_id
             condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
@@ -700,17 +704,6 @@ class S3DatasetStore(DatasetStore):
             f"moving the snapshot pointer {self.location} to {pointer.snapshot_id} failed: "
             f"other publishes moved it {POINTER_WRITE_ATTEMPTS} times in between"
         )
-
-    def _pointer_etag(self) -> str | None:
-        """The pointer object's ETag, or None when there is no pointer yet."""
-        with self._s3_errors(f"reading the snapshot pointer {self.location}"):
-            try:
-                response = self.client.head_object(Bucket=self.bucket, Key=self.pointer_key)
-            except ClientError as error:
-                if _error_code(error) in ("NoSuchKey", "404"):
-                    return None
-                raise
-        return str(response["ETag"])
 
     def _write_pointer(self, pointer: SnapshotPointer) -> None:
         with self._s3_errors(f"moving the snapshot pointer {self.location}"):
