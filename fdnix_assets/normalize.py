@@ -600,7 +600,8 @@ def _share_batches(
     yielding record batches as they fill and recording what was wrong in ``account``.
 
     Attribute paths are keys of one JSON object, and stripping a prefix every key shares keeps
-    them distinct, so slices never collide with each other; only an empty path can be bad.
+    them distinct, so slices never collide with each other; a path can only be bad in itself
+    (empty, or holding control characters).
     """
     issues = account.issues
     if decoded.repaired and index == 0:
@@ -859,8 +860,9 @@ def normalize_listing_file(path: Path, **options: Unpack[StreamOptions]) -> Norm
     """:func:`normalize_listing` on a file, splitting the work over ``workers`` processes.
 
     Normalizing is pure Python, so one process uses one core. Every worker decodes the outer
-    object itself (a fraction of a second) and normalizes one contiguous slice. The rows come
-    out in the same order, with the same issues, as from one process.
+    object itself (a fraction of a second) and normalizes one contiguous slice. The rows and
+    the issues are those one process finds; the order of the rows depends on timing (each
+    slice keeps its own order, see :class:`NormalizedStream`).
     """
     with open_normalized_stream(path, **options) as stream:
         table = pa.Table.from_batches(list(stream.batches()), schema=stream.schema)
