@@ -8,9 +8,11 @@ the whole session embeds the sample once, whichever modules run.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,10 +22,11 @@ from fdnix_assets.embedding.text import embedding_text
 from fdnix_assets.minify import MinifyOptions, build_minified
 from fdnix_assets.normalize import normalize_listing
 from fdnix_assets.schema import vector_type
+from fdnix_assets.search_embedding import MiniLMQueryEmbedder, local_model_dir
 from fdnix_assets.settings import LOCAL_MODEL_DIMENSIONS, LOCAL_MODEL_ID
 from fdnix_assets_tests.samples import local_model_provenance
 
-from .conftest import SAMPLE_LISTING
+from .conftest import DEV_QUERIES, SAMPLE_LISTING
 
 _lock = threading.Lock()
 _built: dict[str, Path] = {}
@@ -81,6 +84,19 @@ def sample_minified(base: Path) -> Path:
             build_minified(str(main), target, MinifyOptions())
             _built[key] = target
         return _built[key]
+
+
+def dev_queries() -> list[dict[str, Any]]:
+    """The shared fixture's dev queries: ``{"query", "relevant"}`` objects."""
+    return [json.loads(line) for line in DEV_QUERIES.read_text().splitlines() if line.strip()]
+
+
+def fresh_query_embedder() -> MiniLMQueryEmbedder:
+    """A MiniLM query embedder of its own, on numpy (the process's shared one may have been
+    compiled by a warm-up)."""
+    model_dir = local_model_dir()
+    assert model_dir is not None, "the MiniLM model files are part of the test setup"
+    return MiniLMQueryEmbedder(model_dir)
 
 
 def package(

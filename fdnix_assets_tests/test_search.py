@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -25,12 +24,9 @@ from fdnix_assets.search import (
 )
 from fdnix_assets.search_embedding import (
     BedrockQueryEmbedder,
-    MiniLMQueryEmbedder,
-    local_model_dir,
 )
 
 from . import search_support
-from .conftest import DEV_QUERIES
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +63,7 @@ def test_numpy_minilm_matches_sentence_transformers() -> None:
 
     queries = ["git", "take a screenshot", "Café Ünïcode 日本語", "x " * 300]
     reference = load_minilm().encode(queries, normalize_embeddings=True, convert_to_numpy=True)
-    # Not the process's shared embedder, which a warm-up may have compiled.
-    model_dir = local_model_dir()
-    assert model_dir is not None
-    embedder = MiniLMQueryEmbedder(model_dir)
+    embedder = search_support.fresh_query_embedder()
     assert embedder.runtime == "numpy"
     for query, expected in zip(queries, reference, strict=True):
         embedder.clear_cache()
@@ -112,7 +105,7 @@ def test_multi_word_and_intent_queries(engine: PackageSearch, query: str, releva
 
 
 def test_dev_queries_on_the_sample_are_found(engine: PackageSearch) -> None:
-    queries = [json.loads(line) for line in DEV_QUERIES.read_text().splitlines() if line.strip()]
+    queries = search_support.dev_queries()
     found = sum(bool(set(q["relevant"]) & set(top(engine, q["query"]))) for q in queries)
     assert found == len(queries)
 

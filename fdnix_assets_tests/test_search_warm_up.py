@@ -6,7 +6,6 @@ cannot happen (no onnxruntime, a failing read) must leave the slower way answeri
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -15,10 +14,8 @@ import pytest
 
 from fdnix_assets import lambda_handler, search, search_vectors
 from fdnix_assets.search import PackageSearch, SearchFilters
-from fdnix_assets.search_embedding import MiniLMQueryEmbedder, local_model_dir
 
 from . import search_support
-from .conftest import DEV_QUERIES
 
 QUERIES = [
     "git",
@@ -35,14 +32,8 @@ def minified_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return search_support.sample_minified(tmp_path_factory.getbasetemp())
 
 
-def _model_dir() -> Path:
-    model_dir = local_model_dir()
-    assert model_dir is not None, "the MiniLM model files are part of the test setup"
-    return model_dir
-
-
 def test_the_compiled_query_embedder_gives_the_numpy_vectors() -> None:
-    embedder = MiniLMQueryEmbedder(_model_dir())
+    embedder = search_support.fresh_query_embedder()
     assert embedder.runtime == "numpy"
     expected = {query: embedder.embed(query) for query in QUERIES}
     assert embedder.compile(), embedder.compile_error
@@ -58,7 +49,7 @@ def test_without_onnxruntime_compiling_says_why_and_numpy_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    embedder = MiniLMQueryEmbedder(_model_dir())
+    embedder = search_support.fresh_query_embedder()
     assert not embedder.compile()
     assert embedder.runtime == "numpy"
     assert "onnxruntime" in (embedder.compile_error or "")
@@ -66,7 +57,7 @@ def test_without_onnxruntime_compiling_says_why_and_numpy_answers(
 
 
 def _rankings(engine: PackageSearch, **options: object) -> list[list[str]]:
-    dev = [json.loads(line)["query"] for line in DEV_QUERIES.read_text().splitlines() if line]
+    dev = [query["query"] for query in search_support.dev_queries()]
     queries = dev + [query for query in QUERIES if len(query) <= search.MAX_QUERY_CHARS]
     return [
         [r.attr_path for r in engine.search(query, limit=10, **options).results]
