@@ -22,9 +22,7 @@ from fdnix_assets.search import (
     name_words,
     osa_distance,
 )
-from fdnix_assets.search_embedding import (
-    BedrockQueryEmbedder,
-)
+from fdnix_assets.search_embedding import BedrockQueryEmbedder
 
 from . import search_support
 
