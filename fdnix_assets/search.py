@@ -122,7 +122,7 @@ def _defer_rest_namespace_client() -> None:
 _defer_rest_namespace_client()
 
 import lancedb  # noqa: E402
-from lancedb.query import MatchQuery, MultiMatchQuery  # noqa: E402
+from lancedb.query import BooleanQuery, MatchQuery, MultiMatchQuery, Occur  # noqa: E402
 
 TABLE_NAME = "packages"
 NAMES_COLUMN = "names"
@@ -221,7 +221,8 @@ PART_PENALTY = 0.1
 POPULARITY_WEIGHT = 0.15
 POPULARITY_SATURATION = 3.0  # log1p(mentions) at which the prior is full
 # A query naming a language ecosystem ("python orm", "javascript test framework") means
-# that ecosystem's package set: its members get this much on top of their evidence.
+# that ecosystem's package set: its members get this much on top of their evidence, and they
+# are also retrieved on their own (see PackageSearch._ecosystem_candidates).
 ECOSYSTEM_BONUS = 0.3
 # Words that name an ecosystem, keyed by the word its package sets are named with
 # (python313Packages -> python). The minify step records which sets the dataset has.
@@ -707,9 +708,9 @@ class PackageSearch:
             if MENTIONS_COLUMN in loaded.column_names
             else np.zeros(self.rows, dtype=np.uint16)
         )
-        package_sets: dict[str, str] = json.loads(metadata.get(META_PACKAGE_SETS, b"{}"))
+        self.package_sets: dict[str, str] = json.loads(metadata.get(META_PACKAGE_SETS, b"{}"))
         self.ecosystem_members: dict[str, np.ndarray] = {}
-        for prefix, ecosystem in package_sets.items():
+        for prefix, ecosystem in self.package_sets.items():
             members = pc.starts_with(self.columns["attr_path"], prefix + ".").to_numpy(
                 zero_copy_only=False
             )
@@ -717,7 +718,7 @@ class PackageSearch:
             self.ecosystem_members[ecosystem] = members if known is None else known | members
         self._mask_cache: dict[SearchFilters, tuple[np.ndarray | None, str | None]] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="fdnix-search")
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fdnix-search")
         self._memory_vectors: InMemoryVectors | None = None
         self._warm_up_thread: threading.Thread | None = None
         self._warm_up_started = False
@@ -981,7 +982,22 @@ class PackageSearch:
         wanted = offset + limit
         ecosystems = self._ecosystems_named(text)
         kinds = {"vector": use_vectors, "text": use_text, "names": use_names}
+        # The ecosystem's own candidates are gathered beside the others (a leaf of the pool's
+        # work waits only on leaves, so the pool cannot deadlock).
+        in_ecosystems = (
+            self._pool.submit(self._ecosystem_candidates, text, ecosystems, mask, where, kinds)
+            if ecosystems
+            else None
+        )
         found = self._gather(text, mask, where, kinds, TEXT_CANDIDATES, VECTOR_CANDIDATES)
+        scoped = in_ecosystems.result() if in_ecosystems is not None else None
+        if scoped is not None:
+            found.timings["ecosystem"] = scoped.timings["total"]
+            for row, extra in scoped.evidence.items():
+                entry = found.evidence.setdefault(row, _Evidence())
+                entry.text = max(entry.text, extra.text)
+                entry.vector = max(entry.vector, extra.vector)
+                entry.matched |= extra.matched
         ranked = self._rank(found.evidence, ecosystems)
         if len(ranked) < wanted and found.evidence:
             # Past what the usual depths find: retrieve deeper and rank the packages that
@@ -1015,8 +1031,13 @@ class PackageSearch:
         kinds: Mapping[str, bool],
         text_depth: int,
         vector_depth: int,
+        package_sets: Sequence[str] = (),
     ) -> _Gathered:
-        """Every candidate package with its evidence, from the kinds of evidence asked for."""
+        """Every candidate package with its evidence, from the kinds of evidence asked for.
+
+        With ``package_sets``, only their members are candidates (``mask`` must already
+        hold that restriction; ``where`` is the caller's filter alone).
+        """
         started = time.perf_counter()
         found = _Gathered(evidence={}, mode="hybrid" if kinds["vector"] else "text")
         if kinds["vector"] and self.embedder is None:
@@ -1030,12 +1051,18 @@ class PackageSearch:
         # embedding), BM25 and the typo lookup overlap.
         futures: dict[str, Future[Any]] = {}
         if found.mode == "hybrid":
+            vector_where = where
+            if package_sets:
+                scope = " OR ".join(
+                    f"starts_with(attr_path, {sql_string(p + '.')})" for p in package_sets
+                )
+                vector_where = f"({scope})" + (f" AND ({where})" if where else "")
             futures["vector"] = self._pool.submit(
-                _timed, self._vector_candidates, text, where, mask, vector_depth
+                _timed, self._vector_candidates, text, vector_where, mask, vector_depth
             )
         if kinds["text"]:
             futures["text"] = self._pool.submit(
-                _timed, self._text_candidates, text, where, text_depth
+                _timed, self._text_candidates, text, where, text_depth, package_sets
             )
         if kinds["names"]:
             mark = time.perf_counter()
@@ -1056,6 +1083,8 @@ class PackageSearch:
                 continue
             found.timings[kind] = milliseconds
             for row, value in hits:
+                if package_sets and mask is not None and not mask[row]:
+                    continue  # a name that merely looks like a set member's
                 entry = evidence.setdefault(row, _Evidence())
                 entry.matched.add("semantic" if kind == "vector" else kind)
                 if kind == "vector":
@@ -1066,6 +1095,35 @@ class PackageSearch:
                     entry.name = max(entry.name, value)
         found.timings["total"] = _ms(started)
         return found
+
+    def _ecosystem_candidates(
+        self,
+        text: str,
+        ecosystems: Sequence[str],
+        mask: np.ndarray | None,
+        where: str | None,
+        kinds: Mapping[str, bool],
+    ) -> _Gathered | None:
+        """What BM25 and the vector find among the named ecosystems' packages alone.
+
+        Searched over every package, "javascript test framework" fills the candidates with
+        test frameworks of all languages, and the JavaScript ones that say "testing
+        framework" may not make the cut. Within the ecosystem the words naming it tell
+        packages apart no more than "the" does, so they are left out of this query.
+        """
+        rest = without_words(text, frozenset().union(*(ECOSYSTEM_WORDS[e] for e in ecosystems)))
+        if not rest:
+            return None
+        members = np.logical_or.reduce([self.ecosystem_members[e] for e in ecosystems])
+        return self._gather(
+            rest,
+            members if mask is None else members & mask,
+            where,
+            {**kinds, "names": False},
+            TEXT_CANDIDATES,
+            VECTOR_CANDIDATES,
+            package_sets=[p for p, e in self.package_sets.items() if e in ecosystems],
+        )
 
     def _name_candidates(
         self, text: str, mask: np.ndarray | None, evidence: dict[int, _Evidence]
@@ -1139,10 +1197,19 @@ class PackageSearch:
             found.append((row, _typo_score(key, distance, kind)))
         return found
 
-    def _text_candidates(self, text: str, where: str | None, depth: int) -> list[tuple[int, float]]:
-        """BM25 over names, description and long description, relative to the best hit."""
+    def _text_candidates(
+        self, text: str, where: str | None, depth: int, package_sets: Sequence[str] = ()
+    ) -> list[tuple[int, float]]:
+        """BM25 over names, description and long description, relative to the best hit.
+
+        With ``package_sets``, only their members match: each member's names hold its set's
+        name, which the names index finds without the slower prefilter on the attribute path.
+        """
         columns = list(TEXT_BOOSTS)
-        query = MultiMatchQuery(text, columns, boosts=[TEXT_BOOSTS[c] for c in columns])
+        query: Any = MultiMatchQuery(text, columns, boosts=[TEXT_BOOSTS[c] for c in columns])
+        if package_sets:
+            in_sets = MatchQuery(" ".join(p.lower() for p in package_sets), NAMES_COLUMN)
+            query = BooleanQuery([(Occur.MUST, in_sets), (Occur.SHOULD, query)])
         builder = self.table.search(query, query_type="fts")
         hits = _fetch(builder, where, depth, ["_score"])
         if hits.num_rows == 0:
@@ -1253,6 +1320,17 @@ def fuse(name: np.ndarray, text: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """
     semantic = np.clip((vector - VECTOR_FLOOR) / (VECTOR_CEILING - VECTOR_FLOOR), 0.0, 1.0)
     return NAME_WEIGHT * name + TEXT_WEIGHT * text + VECTOR_WEIGHT * semantic
+
+
+def without_words(text: str, words: frozenset[str]) -> str:
+    """``text`` without the space-separated words made only of ``words`` ("node.js")."""
+    kept = [
+        token
+        for token in text.split()
+        if not (parts := [p for p in _WORD_SPLIT.split(token.lower()) if p])
+        or not set(parts) <= words
+    ]
+    return " ".join(kept)
 
 
 def _typo_score(key: str, distance: int, kind: int) -> float:

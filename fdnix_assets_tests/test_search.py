@@ -21,6 +21,7 @@ from fdnix_assets.search import (
     name_keys_table,
     name_words,
     osa_distance,
+    without_words,
 )
 from fdnix_assets.search_embedding import BedrockQueryEmbedder
 
@@ -303,6 +304,42 @@ def test_a_query_naming_an_ecosystem_prefers_its_package_set(engine: PackageSear
     assert not all(
         a.startswith("python313Packages.") for a in top(engine, "test framework", limit=5)
     )
+
+
+def test_without_words_drops_only_tokens_made_of_the_words() -> None:
+    words = frozenset({"node", "js", "javascript"})
+    assert without_words("JavaScript test framework", words) == "test framework"
+    assert without_words("node.js test runner", words) == "test runner"
+    assert without_words("nodemon for js", words) == "nodemon for"
+    assert without_words("javascript", words) == ""
+
+
+def test_a_named_ecosystems_packages_are_retrieved_among_themselves(tmp_path: Path) -> None:
+    # Sixty packages of other languages say all three words; the one JavaScript test
+    # framework says "testing framework" and loses every BM25 ranking over all packages.
+    entries = [
+        search_support.package(f"jsunit{i}", f"JavaScript test framework port number {i}")
+        for i in range(60)
+    ]
+    entries += [
+        search_support.package(f"nodePackages.filler{i}", f"Left pad variant {i}")
+        for i in range(200)
+    ]
+    apache = {"spdxId": "Apache-2.0", "shortName": "asl20", "fullName": "Apache 2.0", "free": True}
+    entries.append(
+        search_support.package("nodePackages.vitest", "Next testing framework", license=apache)
+    )
+    vectors = {attr_path: search_support.unit(i) for i, (attr_path, _) in enumerate(entries)}
+    path = search_support.listing_dataset(tmp_path, "eco", entries, vectors)
+    search = PackageSearch.open(str(path))
+    assert search.package_sets == {"nodePackages": "node"}
+    assert top(search, "javascript test framework", use_vectors=False)[0] == "nodePackages.vitest"
+    response = search.search("javascript test framework")
+    assert response.results[0].attr_path == "nodePackages.vitest"
+    assert "ecosystem" in response.timings_ms
+    # Filters hold for the ecosystem's own candidates too.
+    mit_only = top(search, "javascript test framework", filters=SearchFilters(licenses=("MIT",)))
+    assert mit_only and "nodePackages.vitest" not in mit_only
 
 
 def test_of_two_equally_good_packages_the_one_others_mention_ranks_first(
