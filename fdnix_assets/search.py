@@ -209,16 +209,11 @@ VECTOR_WEIGHT = 0.3
 # and 0.7 is already as close as a package's text gets to a short query.
 VECTOR_FLOOR = 0.4
 VECTOR_CEILING = 0.7
-# Priors, small next to any name match: a package that installs a program is what most
-# searches look for, and a split-off part of another package (its docs, headers, data, or
-# the unwrapped inner derivation) ranks below the package itself.
+# Priors, small next to any name match: a package that installs a program (meta.mainProgram)
+# is what most searches look for, and a split-off part of another package (its docs,
+# headers, data, or the unwrapped inner derivation) ranks below the package itself.
 PROGRAM_BONUS = 0.1
 PART_PENALTY = 0.1
-# meta.mainProgram says a package installs a program, but most packages leave it unset (55%
-# of the full fixture's top-level packages outside these directories; scrot and weechat among
-# them). Packages kept where nixpkgs keeps libraries, language modules (perl-modules,
-# php-packages) and data (fonts, documentation) install none of their own.
-NO_PROGRAM_POSITION = r"pkgs/(?:development/(?:libraries|[a-z0-9-]+-(?:modules|packages))|data)/"
 # How well known a package is, from the dataset itself: how many other packages' descriptions
 # name it (plugins, front ends and wrappers name what they extend: 47 mention jest, 23
 # weechat, none a one-off screenshot script). Counts saturate at about 20 mentions, so
@@ -703,6 +698,7 @@ class PackageSearch:
         self.attr_path_lengths = pc.utf8_length(self.columns["attr_path"]).to_numpy()
         self.flags = {name: self.columns[name].to_numpy(zero_copy_only=False) for name in FLAGS}
         self.flagged = np.logical_or.reduce([self.flags[name] for name in FLAGS])
+        self.has_program = pc.is_valid(self.columns["main_program"]).to_numpy(zero_copy_only=False)
         self.is_part = pc.match_substring_regex(self.columns["attr_path"], PART_SUFFIX).to_numpy(
             zero_copy_only=False
         )
@@ -720,7 +716,6 @@ class PackageSearch:
             )
             known = self.ecosystem_members.get(ecosystem)
             self.ecosystem_members[ecosystem] = members if known is None else known | members
-        self.installs_program = self._installs_program()
         self._mask_cache: dict[SearchFilters, tuple[np.ndarray | None, str | None]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fdnix-search")
@@ -735,19 +730,6 @@ class PackageSearch:
         self.embedder_note = embedder_note
         if embedder is not None:
             self.check_embedder(embedder)
-
-    def _installs_program(self) -> np.ndarray:
-        """Whether each package (most likely) installs a program: it names its main program,
-        or it is none of a language package set's members, a split-off part, and what nixpkgs
-        keeps with the libraries, modules and data (see NO_PROGRAM_POSITION)."""
-        named = pc.is_valid(self.columns["main_program"]).to_numpy(zero_copy_only=False)
-        kept_apart = pc.match_substring_regex(
-            pc.fill_null(self.columns["position"], ""), NO_PROGRAM_POSITION
-        ).to_numpy(zero_copy_only=False)
-        not_a_program = kept_apart | self.is_part
-        for members in self.ecosystem_members.values():
-            not_a_program |= members
-        return named | ~not_a_program
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -1298,7 +1280,7 @@ class PackageSearch:
         )
         scores = (
             fuse(name, text, vector)
-            + PROGRAM_BONUS * self.installs_program[rows]
+            + PROGRAM_BONUS * self.has_program[rows]
             + POPULARITY_WEIGHT * self.popularity[rows]
             - PART_PENALTY * self.is_part[rows]
         )

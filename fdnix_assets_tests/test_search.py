@@ -342,26 +342,6 @@ def test_a_named_ecosystems_packages_are_retrieved_among_themselves(tmp_path: Pa
     assert mit_only and "nodePackages.vitest" not in mit_only
 
 
-def test_a_package_likely_to_install_a_program_outranks_a_library(tmp_path: Path) -> None:
-    # Neither names its main program (most of nixpkgs doesn't); one lives with the libraries.
-    library = f"/nix/store/{'0' * 32}-source/pkgs/development/libraries/shotz/default.nix:3"
-    entries = [
-        search_support.package("shotz", "Takes screenshots of the desktop", position=library),
-        search_support.package("grabber", "Takes screenshots of the desktop"),
-        search_support.package("grabber-doc", "Takes screenshots of the desktop"),
-    ]
-    vectors = {attr_path: search_support.unit(1) for attr_path, _ in entries}
-    search = PackageSearch.open(
-        str(search_support.listing_dataset(tmp_path, "apps", entries, vectors))
-    )
-    installs = dict(
-        zip(search.columns["attr_path"].to_pylist(), search.installs_program, strict=True)
-    )
-    assert installs == {"shotz": False, "grabber": True, "grabber-doc": False}
-    # Without that, the shorter path would win the tie.
-    assert top(search, "takes screenshots") == ["grabber", "shotz", "grabber-doc"]
-
-
 def test_of_two_equally_good_packages_the_one_others_mention_ranks_first(
     tmp_path: Path,
 ) -> None:
