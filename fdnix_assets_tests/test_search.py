@@ -342,6 +342,34 @@ def test_a_named_ecosystems_packages_are_retrieved_among_themselves(tmp_path: Pa
     assert mit_only and "nodePackages.vitest" not in mit_only
 
 
+def test_a_famous_package_past_the_nearest_is_still_a_candidate(tmp_path: Path) -> None:
+    query = "organize my pictures"
+    direction = search_support.fresh_query_embedder().embed(query)
+
+    def similar(similarity: float, seed: int) -> np.ndarray:
+        noise = search_support.unit(seed)
+        noise -= (noise @ direction) * direction
+        noise /= np.linalg.norm(noise)
+        return (similarity * direction + np.sqrt(1 - similarity**2) * noise).astype(np.float32)
+
+    # Sixty lookalikes nearer than the famous one; twenty add-ons name only the famous one.
+    entries = [search_support.package(f"tool{i}", f"Utility number {i}") for i in range(60)]
+    vectors = {f"tool{i}": similar(0.56 - i * 0.0005, i) for i in range(60)}
+    entries.append(search_support.package("famous", "Well known utility"))
+    vectors["famous"] = similar(0.53, 100)
+    entries += [search_support.package(f"addon{i}", f"Extension for famous {i}") for i in range(20)]
+    vectors |= {f"addon{i}": similar(0.0, 200 + i) for i in range(20)}
+    path = search_support.listing_dataset(tmp_path, "famous", entries, vectors)
+    for warm in (False, True):
+        search = PackageSearch.open(str(path))
+        if warm:
+            search.warm_up(background=False)
+            assert search.vector_backend == "memory"
+        response = search.search(query)
+        assert response.results[0].attr_path == "famous", (warm, top(search, query))
+        assert response.results[0].matched == ["semantic"]
+
+
 def test_of_two_equally_good_packages_the_one_others_mention_ranks_first(
     tmp_path: Path,
 ) -> None:
