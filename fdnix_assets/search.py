@@ -217,7 +217,7 @@ VECTOR_CEILING = 0.7
 # Measured on the dev, extra and a fresh set of 40 intent queries: dev unchanged, extra and
 # fresh up (django, ruff for "python linter", openscad for "3d modeling", wget).
 POPULAR_NEIGHBOURS = 10
-POPULAR_NEIGHBOUR_DEPTH = 1_000
+POPULAR_NEIGHBOUR_DEPTH = 300
 # Priors, small next to any name match: a package that installs a program (meta.mainProgram)
 # is what most searches look for, and a split-off part of another package (its docs,
 # headers, data, or the unwrapped inner derivation) ranks below the package itself.
