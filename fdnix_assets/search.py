@@ -1290,13 +1290,12 @@ class PackageSearch:
         chosen = np.arange(min(depth, len(rows)))
         if popular_neighbours and len(rows) > depth:
             next_nearest = np.arange(depth, len(rows))
-            mentions = self.mentions[rows[next_nearest]]
-            next_nearest = next_nearest[
-                (similarities[next_nearest] >= VECTOR_FLOOR) & (mentions > 0)
-            ]
+            mentions = self.mentions[rows[next_nearest]].astype(np.int64)
+            close = (similarities[next_nearest] >= VECTOR_FLOOR) & (mentions > 0)
+            next_nearest, mentions = next_nearest[close], mentions[close]
             # Most mentioned first, then nearest (the order they came in).
-            order = np.argsort(-self.mentions[rows[next_nearest]], kind="stable")
-            chosen = np.concatenate([chosen, next_nearest[order[:popular_neighbours]]])
+            order = np.argsort(-mentions, kind="stable")[:popular_neighbours]
+            chosen = np.concatenate([chosen, next_nearest[order]])
         return list(zip(rows[chosen].tolist(), similarities[chosen].tolist(), strict=True))
 
     def _row_of(self, row_id: int) -> int:
