@@ -370,6 +370,22 @@ def test_a_famous_package_past_the_nearest_is_still_a_candidate(tmp_path: Path) 
         assert response.results[0].matched == ["semantic"]
 
 
+def test_without_a_query_vector_bm25_outweighs_the_priors(tmp_path: Path) -> None:
+    # "beta" installs a program (a prior) but shares one word with the query; "alpha" all.
+    entries = [
+        search_support.package("alpha", "Converts spreadsheets into calendars"),
+        search_support.package("beta", "Converts audio", mainProgram="beta"),
+        *(search_support.package(f"filler{i}", f"Plays chess variant {i}") for i in range(30)),
+    ]
+    vectors = {attr_path: search_support.unit(i) for i, (attr_path, _) in enumerate(entries)}
+    search = PackageSearch.open(
+        str(search_support.listing_dataset(tmp_path, "bm25", entries, vectors))
+    )
+    response = search.search("converts spreadsheets into calendars", use_vectors=False)
+    assert response.mode == "text"
+    assert [r.attr_path for r in response.results] == ["alpha", "beta"]
+
+
 def test_of_two_equally_good_packages_the_one_others_mention_ranks_first(
     tmp_path: Path,
 ) -> None:
