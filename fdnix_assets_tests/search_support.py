@@ -133,18 +133,24 @@ def listing_dataset(
     base: Path,
     name: str,
     entries: list[tuple[str, dict[str, object]]],
-    vectors: dict[str, np.ndarray],
+    vectors: dict[str, np.ndarray | None],
     model_id: str = LOCAL_MODEL_ID,
     dimensions: int = LOCAL_MODEL_DIMENSIONS,
     backend: str = "local",
 ) -> Path:
-    """A minified dataset from a hand-written listing with the given vectors per attr path."""
+    """A minified dataset from a hand-written listing with the given vectors per attr path
+    (None: the package has no vector, as after a partial embedding run)."""
     import json
 
     listing = json.dumps(dict(entries)).encode()
     table = normalize_listing(listing, model_id=model_id, dimensions=dimensions).table
-    matrix = np.stack([vectors[a] for a in table["attr_path"].to_pylist()]).astype(np.float32)
-    array = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimensions)
+    rows = [vectors[a] for a in table["attr_path"].to_pylist()]
+    missing = [row is None for row in rows]
+    zero = np.zeros(dimensions, dtype=np.float32)
+    matrix = np.stack([zero if row is None else row for row in rows]).astype(np.float32)
+    array = pa.FixedSizeListArray.from_arrays(
+        pa.array(matrix.reshape(-1)), dimensions, mask=pa.array(missing)
+    )
     index = table.schema.get_field_index("vector")
     table = table.set_column(index, pa.field("vector", vector_type(dimensions)), array)
     main = base / f"{name}-main.lancedb"

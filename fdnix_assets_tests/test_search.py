@@ -386,6 +386,27 @@ def test_without_a_query_vector_bm25_outweighs_the_priors(tmp_path: Path) -> Non
     assert [r.attr_path for r in response.results] == ["alpha", "beta"]
 
 
+def test_a_package_without_a_vector_is_judged_by_bm25_alone(tmp_path: Path) -> None:
+    # After a partial embedding run "alpha" has no vector; "beta" has one (unrelated to the
+    # query), installs a program and shares one word with the query.
+    entries = [
+        search_support.package("alpha", "Converts spreadsheets into calendars"),
+        search_support.package("beta", "Converts audio", mainProgram="beta"),
+        *(search_support.package(f"filler{i}", f"Plays chess variant {i}") for i in range(30)),
+    ]
+    vectors: dict[str, np.ndarray | None] = {
+        attr_path: search_support.unit(i) for i, (attr_path, _) in enumerate(entries)
+    }
+    vectors["alpha"] = None
+    search = PackageSearch.open(
+        str(search_support.listing_dataset(tmp_path, "part", entries, vectors))
+    )
+    assert search.partly_embedded and search.vector_count == len(entries) - 1
+    response = search.search("converts spreadsheets into calendars")
+    assert response.mode == "hybrid"
+    assert [r.attr_path for r in response.results][:2] == ["alpha", "beta"]
+
+
 def test_of_two_equally_good_packages_the_one_others_mention_ranks_first(
     tmp_path: Path,
 ) -> None:
