@@ -473,6 +473,13 @@ class _Evidence:
     vector: float = 0.0
     matched: set[str] = field(default_factory=set)
 
+    def absorb(self, other: _Evidence) -> None:
+        """Keeps the stronger of each kind of evidence, and every way it was found."""
+        self.name = max(self.name, other.name)
+        self.text = max(self.text, other.text)
+        self.vector = max(self.vector, other.vector)
+        self.matched |= other.matched
+
 
 @dataclass(frozen=True)
 class VectorProjection:
@@ -769,7 +776,7 @@ class PackageSearch:
                 .limit(None)
                 .to_arrow()
             )
-            present[[self._row_of(row_id) for row_id in hits["_rowid"].to_pylist()]] = True
+            present[self._rows_of(hits["_rowid"])] = True
         return present
 
     # -- opening ---------------------------------------------------------------------------
@@ -1043,10 +1050,7 @@ class PackageSearch:
         if scoped is not None:
             found.timings["ecosystem"] = scoped.timings["total"]
             for row, extra in scoped.evidence.items():
-                entry = found.evidence.setdefault(row, _Evidence())
-                entry.text = max(entry.text, extra.text)
-                entry.vector = max(entry.vector, extra.vector)
-                entry.matched |= extra.matched
+                found.evidence.setdefault(row, _Evidence()).absorb(extra)
         text_only = found.mode == "text"
         ranked = self._rank(found.evidence, ecosystems, text_only)
         if len(ranked) < wanted and found.evidence:
@@ -1237,8 +1241,8 @@ class PackageSearch:
             builder, where, FUZZY_CANDIDATES, ["attr_path", "pname", "main_program", "_score"]
         )
         found = []
-        for row_id, attr_path, pname, program in zip(
-            hits["_rowid"].to_pylist(),
+        for row, attr_path, pname, program in zip(
+            self._rows_of(hits["_rowid"]).tolist(),
             hits["attr_path"].to_pylist(),
             hits["pname"].to_pylist(),
             hits["main_program"].to_pylist(),
@@ -1250,7 +1254,6 @@ class PackageSearch:
             distance, kind = min(
                 (osa_distance(key, name_key(n), allowed), kind) for kind, n in enumerate(names) if n
             )
-            row = self._row_of(row_id)
             if distance > allowed or (mask is not None and not mask[row]):
                 continue
             found.append((row, _typo_score(key, distance, kind)))
@@ -1275,10 +1278,8 @@ class PackageSearch:
             return []
         scores = hits["_score"].to_numpy()
         top = float(scores.max()) or 1.0
-        return [
-            (self._row_of(row_id), float(score) / top)
-            for row_id, score in zip(hits["_rowid"].to_pylist(), scores, strict=True)
-        ]
+        relative = (scores.astype(np.float64) / top).tolist()
+        return list(zip(self._rows_of(hits["_rowid"]).tolist(), relative, strict=True))
 
     def _vector_candidates(
         self,
@@ -1313,11 +1314,7 @@ class PackageSearch:
             if self.has_vector_index:
                 builder = builder.nprobes(self.nprobes).refine_factor(self.refine_factor)
             hits = _fetch(builder, where, wanted, ["_distance"])
-            rows = np.fromiter(
-                (self._row_of(row_id) for row_id in hits["_rowid"].to_pylist()),
-                dtype=np.int64,
-                count=hits.num_rows,
-            )
+            rows = self._rows_of(hits["_rowid"])
             similarities = 1.0 - hits["_distance"].to_numpy()
         chosen = np.arange(min(depth, len(rows)))
         if popular_neighbours and len(rows) > depth:
@@ -1330,10 +1327,10 @@ class PackageSearch:
             chosen = np.concatenate([chosen, next_nearest[order]])
         return list(zip(rows[chosen].tolist(), similarities[chosen].tolist(), strict=True))
 
-    def _row_of(self, row_id: int) -> int:
-        if self.identity_row_ids:
-            return int(row_id)
-        return int(np.searchsorted(self.row_ids, row_id))
+    def _rows_of(self, row_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """The in-memory rows of LanceDB row ids (the same numbers unless rows were deleted)."""
+        ids = row_ids.to_numpy().astype(np.int64, copy=False)
+        return ids if self.identity_row_ids else np.searchsorted(self.row_ids, ids)
 
     def _ecosystems_named(self, text: str) -> list[str]:
         """The language ecosystems of this dataset that the query names by a word."""
