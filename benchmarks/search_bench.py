@@ -195,6 +195,7 @@ def measure_search(dataset: Path) -> dict[str, Any]:
     dev = load_queries(DEV_QUERIES)
     extra = load_queries(EXTRA_QUERIES) if EXTRA_QUERIES.is_file() else []
     fresh = load_queries(FRESH_QUERIES) if FRESH_QUERIES.is_file() else []
+    query_sets = {"dev": dev, "extra": extra, "fresh": fresh}
     results: dict[str, Any] = {
         "minified_bytes": dataset_bytes(dataset),
         "search_mode": "hybrid" if search.embedder is not None else "text",
@@ -202,7 +203,7 @@ def measure_search(dataset: Path) -> dict[str, Any]:
     }
     # Before warming up, vectors are searched through LanceDB's index: its ranking is
     # reported too, since a cold process (and a FDNIX_WARM_UP=false Lambda) answers with it.
-    for name, queries in (("dev", dev), ("extra", extra), ("fresh", fresh)):
+    for name, queries in query_sets.items():
         if queries:
             cold_path = quality(search, queries)
             results[f"{name}_recall_at_10_lancedb_vectors"] = cold_path["recall_at_10"]
@@ -217,7 +218,7 @@ def measure_search(dataset: Path) -> dict[str, Any]:
             search.embedder, "runtime", type(search.embedder).__name__
         ),
     }
-    for name, queries in (("dev", dev), ("extra", extra), ("fresh", fresh)):
+    for name, queries in query_sets.items():
         if not queries:
             continue
         hybrid = quality(search, queries)

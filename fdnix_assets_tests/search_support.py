@@ -140,8 +140,6 @@ def listing_dataset(
 ) -> Path:
     """A minified dataset from a hand-written listing with the given vectors per attr path
     (None: the package has no vector, as after a partial embedding run)."""
-    import json
-
     listing = json.dumps(dict(entries)).encode()
     table = normalize_listing(listing, model_id=model_id, dimensions=dimensions).table
     rows = [vectors[a] for a in table["attr_path"].to_pylist()]
