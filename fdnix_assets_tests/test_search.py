@@ -370,25 +370,12 @@ def test_a_famous_package_past_the_nearest_is_still_a_candidate(tmp_path: Path) 
         assert response.results[0].matched == ["semantic"]
 
 
-def test_without_a_query_vector_bm25_outweighs_the_priors(tmp_path: Path) -> None:
-    # "beta" installs a program (a prior) but shares one word with the query; "alpha" all.
-    entries = [
-        search_support.package("alpha", "Converts spreadsheets into calendars"),
-        search_support.package("beta", "Converts audio", mainProgram="beta"),
-        *(search_support.package(f"filler{i}", f"Plays chess variant {i}") for i in range(30)),
-    ]
-    vectors = {attr_path: search_support.unit(i) for i, (attr_path, _) in enumerate(entries)}
-    search = PackageSearch.open(
-        str(search_support.listing_dataset(tmp_path, "bm25", entries, vectors))
-    )
-    response = search.search("converts spreadsheets into calendars", use_vectors=False)
-    assert response.mode == "text"
-    assert [r.attr_path for r in response.results] == ["alpha", "beta"]
+MATCHES_EVERY_WORD = "converts spreadsheets into calendars"
 
 
-def test_a_package_without_a_vector_is_judged_by_bm25_alone(tmp_path: Path) -> None:
-    # After a partial embedding run "alpha" has no vector; "beta" has one (unrelated to the
-    # query), installs a program and shares one word with the query.
+def open_alpha_and_beta(tmp_path: Path, alpha_has_a_vector: bool) -> PackageSearch:
+    """ "alpha" says every word of MATCHES_EVERY_WORD; "beta" installs a program (a prior) and
+    says one; thirty fillers say none. Vectors are random: unrelated to any query."""
     entries = [
         search_support.package("alpha", "Converts spreadsheets into calendars"),
         search_support.package("beta", "Converts audio", mainProgram="beta"),
@@ -397,12 +384,24 @@ def test_a_package_without_a_vector_is_judged_by_bm25_alone(tmp_path: Path) -> N
     vectors: dict[str, np.ndarray | None] = {
         attr_path: search_support.unit(i) for i, (attr_path, _) in enumerate(entries)
     }
-    vectors["alpha"] = None
-    search = PackageSearch.open(
-        str(search_support.listing_dataset(tmp_path, "part", entries, vectors))
-    )
-    assert search.partly_embedded and search.vector_count == len(entries) - 1
-    response = search.search("converts spreadsheets into calendars")
+    if not alpha_has_a_vector:
+        vectors["alpha"] = None
+    name = "bm25" if alpha_has_a_vector else "part"
+    return PackageSearch.open(str(search_support.listing_dataset(tmp_path, name, entries, vectors)))
+
+
+def test_without_a_query_vector_bm25_outweighs_the_priors(tmp_path: Path) -> None:
+    search = open_alpha_and_beta(tmp_path, alpha_has_a_vector=True)
+    response = search.search(MATCHES_EVERY_WORD, use_vectors=False)
+    assert response.mode == "text"
+    assert [r.attr_path for r in response.results] == ["alpha", "beta"]
+
+
+def test_a_package_without_a_vector_is_judged_by_bm25_alone(tmp_path: Path) -> None:
+    # After a partial embedding run "alpha" has no vector.
+    search = open_alpha_and_beta(tmp_path, alpha_has_a_vector=False)
+    assert search.partly_embedded and search.vector_count == search.rows - 1
+    response = search.search(MATCHES_EVERY_WORD)
     assert response.mode == "hybrid"
     assert [r.attr_path for r in response.results][:2] == ["alpha", "beta"]
 
